@@ -1,0 +1,41 @@
+"""pmrun: keep fleets of AI coding agents on one machine from running it out of memory.
+
+The public API, imported lazily so that ``pmrun -- cmd`` pays only for what it uses:
+
+- :func:`launch` runs a command under pmrun's limits (what ``pmrun -- cmd`` does).
+- :class:`SharedPromptCache` is the memory-capped prompt cache.
+- :func:`register_cleanup` lets a service free memory when the coordinator asks.
+- :func:`parse_size` turns ``"1.5G"`` into bytes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["launch", "Agent", "SharedPromptCache", "register_cleanup", "parse_size", "PmrunError"]
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "launch": "pmrun.api",
+    "Agent": "pmrun.api",
+    "SharedPromptCache": "pmrun.cache",
+    "register_cleanup": "pmrun.client",
+    "parse_size": "pmrun.sizes",
+    "PmrunError": "pmrun.errors",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import Agent, launch
+    from .cache import SharedPromptCache
+    from .client import register_cleanup
+    from .errors import PmrunError
+    from .sizes import parse_size
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pmrun' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

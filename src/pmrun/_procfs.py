@@ -1,0 +1,189 @@
+"""The only module that reads /proc. Every size it returns is in bytes.
+
+Reads are the cheapest the kernel offers: ``statm`` for RSS (two integers, no parsing
+of ``status``), ``task/<tid>/children`` for the tree (no scan of all of /proc). A
+process that vanishes between two reads is normal and surfaces as :class:`ProcessGone`.
+The root is overridable (``proc=``) so parsing can be tested on a fake tree.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+PROC = "/proc"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class ProcessGone(Exception):
+    """The process exited (or its pid is no longer readable) while we looked at it."""
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise ProcessGone(path) from e
+    except OSError as e:
+        # ESRCH on a task that died mid-read; EACCES is not "gone" and propagates.
+        if e.errno == 3:
+            raise ProcessGone(path) from e
+        raise
+
+
+def statm(pid: int, proc: str = PROC) -> tuple[int, int]:
+    """Return (virtual size, resident size) of ``pid`` in bytes."""
+    fields = _read(f"{proc}/{pid}/statm").split()
+    if len(fields) < 2:
+        raise ProcessGone(pid)  # a zombie has an empty-ish statm
+    return int(fields[0]) * PAGE_SIZE, int(fields[1]) * PAGE_SIZE
+
+
+def has_children_files(proc: str = PROC) -> bool:
+    """Whether the kernel has CONFIG_PROC_CHILDREN (``/proc/PID/task/TID/children``)."""
+    pid = os.getpid()
+    return os.path.exists(f"{proc}/{pid}/task/{pid}/children")
+
+
+def children(pid: int, proc: str = PROC) -> list[int]:
+    """Direct children of every thread of ``pid`` (a child's parent may be any thread)."""
+    try:
+        tids = os.listdir(f"{proc}/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise ProcessGone(pid) from e
+    out: list[int] = []
+    for tid in tids:
+        try:
+            text = _read(f"{proc}/{pid}/task/{tid}/children")
+        except ProcessGone:
+            continue  # that thread exited; its children moved to a sibling or reaper
+        out.extend(int(c) for c in text.split())
+    return out
+
+
+def children_by_scan(proc: str = PROC) -> dict[int, list[int]]:
+    """Parent -> children for every process: the slow fallback without children files."""
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            ppid = int(stat(int(name), proc)[3])
+        except (ProcessGone, PermissionError):
+            continue
+        tree.setdefault(ppid, []).append(int(name))
+    return tree
+
+
+def descendants(roots: list[int], proc: str = PROC) -> list[int]:
+    """``roots`` and all their descendants, parents before children, vanished ones skipped."""
+    seen: list[int] = []
+    stack = list(reversed(roots))
+    visited: set[int] = set()
+    fast = has_children_files(proc)
+    scan = None if fast else children_by_scan(proc)
+    while stack:
+        pid = stack.pop()
+        if pid in visited:
+            continue
+        visited.add(pid)
+        seen.append(pid)
+        if scan is not None:
+            kids = scan.get(pid, [])
+        else:
+            try:
+                kids = children(pid, proc)
+            except ProcessGone:
+                continue
+        stack.extend(reversed(kids))
+    return seen
+
+
+def stat(pid: int, proc: str = PROC) -> list[str]:
+    """Fields of ``/proc/PID/stat``; index 0 is the pid, 1 the comm, 2 the state, ...
+
+    Parsed from the last ``)``: a comm may hold spaces and parentheses.
+    """
+    text = _read(f"{proc}/{pid}/stat")
+    lpar, rpar = text.find("("), text.rfind(")")
+    if lpar < 0 or rpar < 0:
+        raise ProcessGone(pid)
+    return [text[:lpar].strip(), text[lpar + 1 : rpar], *text[rpar + 1 :].split()]
+
+
+def start_time(pid: int, proc: str = PROC) -> int:
+    """The process's start time in clock ticks since boot: with the pid, a unique identity."""
+    return int(stat(pid, proc)[21])
+
+
+def comm(pid: int, proc: str = PROC) -> str:
+    return _read(f"{proc}/{pid}/comm").strip()
+
+
+def cmdline(pid: int, proc: str = PROC) -> list[str]:
+    return [a for a in _read(f"{proc}/{pid}/cmdline").split("\0") if a]
+
+
+def meminfo(proc: str = PROC) -> dict[str, int]:
+    """``/proc/meminfo`` as bytes (``MemTotal``, ``MemAvailable``, ...)."""
+    out: dict[str, int] = {}
+    for line in _read(f"{proc}/meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if not parts:
+            continue
+        value = int(parts[0])
+        if len(parts) > 1 and parts[1] == "kB":
+            value *= 1024
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Pressure:
+    """One line of a PSI file: percentages of wall time some/all tasks stalled."""
+
+    avg10: float
+    avg60: float
+    avg300: float
+    total_us: int
+
+
+def memory_pressure(proc: str = PROC) -> dict[str, Pressure] | None:
+    """``/proc/pressure/memory`` as {"some": ..., "full": ...}; None where PSI is absent."""
+    try:
+        text = _read(f"{proc}/pressure/memory")
+    except (ProcessGone, OSError):
+        return None
+    out: dict[str, Pressure] = {}
+    for line in text.splitlines():
+        kind, *pairs = line.split()
+        kv = dict(p.split("=", 1) for p in pairs)
+        out[kind] = Pressure(
+            float(kv["avg10"]), float(kv["avg60"]), float(kv["avg300"]), int(kv["total"])
+        )
+    return out
+
+
+def smaps_rollup(pid: int, proc: str = PROC) -> dict[str, int]:
+    """``/proc/PID/smaps_rollup`` (Rss, Pss, Private_*, Swap, ...) as bytes."""
+    out: dict[str, int] = {}
+    for line in _read(f"{proc}/{pid}/smaps_rollup").splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[-1] == "kB":
+            out[key.strip()] = int(parts[0]) * 1024
+    return out
+
+
+def uss_pss(pid: int, proc: str = PROC) -> tuple[int, int, int]:
+    """(USS, PSS, swap) of ``pid`` in bytes: unique, proportional and swapped-out memory."""
+    r = smaps_rollup(pid, proc)
+    uss = r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
+    return uss, r.get("Pss", 0), r.get("Swap", 0)
+
+
+def uid(pid: int, proc: str = PROC) -> int:
+    """Real uid of ``pid``."""
+    return os.stat(f"{proc}/{pid}").st_uid

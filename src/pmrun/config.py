@@ -1,0 +1,258 @@
+"""Settings: one registry, read from flags > environment > project > user > defaults.
+
+Project config is ``pmrun.toml`` or ``[tool.pmrun]`` in ``pyproject.toml``, found in the
+current directory or the nearest parent that has one (as ruff and black look for theirs).
+User config is ``$XDG_CONFIG_HOME/pmrun/config.toml`` (default ``~/.config/pmrun``).
+Both use the same tables: ``[agent]``, ``[coordinator]``, ``[cache]``.
+
+Every resolved value remembers where it came from, which is what ``pmrun config`` shows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, PmrunError
+from .sizes import parse_fraction, parse_optional_size, parse_size
+
+
+def _parse_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number")
+    f = float(v)
+    if f != f or f < 0 or f == float("inf"):
+        raise ValueError("expected a finite number, zero or more")
+    return f
+
+
+def _parse_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected a whole number")
+    if isinstance(v, float) and not v.is_integer():
+        raise ValueError("expected a whole number")
+    i = int(v)
+    if i < 0:
+        raise ValueError("expected a whole number, zero or more")
+    return i
+
+
+def _parse_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        s = str(v).strip().lower()
+        if s not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return s
+
+    return parse
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _opt_fraction(v: Any) -> float | None:
+    if isinstance(v, str) and v.strip().lower() in ("off", "none"):
+        return None
+    return parse_fraction(v)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name in each place it can be given, and how to parse it."""
+
+    key: str  # the key inside its config table, e.g. "max-rss"
+    section: str  # "agent", "coordinator" or "cache"
+    env: str  # environment variable, e.g. "PMRUN_MAX_RSS"
+    default: Any  # the raw default, parsed like any other value
+    parse: Callable[[Any], Any]  # raw value -> typed value; raises ValueError/PmrunError
+    help: str  # one line for --help and `pmrun config`
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # The launcher's per-agent limits.
+    Setting("max-rss", "agent", "PMRUN_MAX_RSS", "1G", parse_size,
+            "hard limit on the RSS of the agent's whole process tree"),
+    Setting("warn-rss", "agent", "PMRUN_WARN_RSS", "500M", parse_size,
+            "soft threshold: one warning line when the tree crosses it"),
+    Setting("max-as", "agent", "PMRUN_MAX_AS", "256G", parse_optional_size,
+            "RLIMIT_AS on the command (address space, a backstop; 'off' for none)"),
+    Setting("grace", "agent", "PMRUN_GRACE", 5.0, _parse_float,
+            "seconds between SIGTERM and SIGKILL when stopping the tree (0 = SIGKILL at once)"),
+    Setting("backend", "agent", "PMRUN_BACKEND", "auto", _choice("auto", "cgroup", "sampling"),
+            "how the limit is enforced: kernel cgroup, or RSS sampling"),
+    Setting("priority", "agent", "PMRUN_PRIORITY", 0, _parse_int,
+            "higher is spared longer when the coordinator must stop an agent"),
+    Setting("coordinator", "agent", "PMRUN_COORDINATOR", True, _parse_bool,
+            "register with the host's coordinator (started on demand)"),
+    # The coordinator.
+    Setting("socket", "coordinator", "PMRUN_SOCKET", "", _text,
+            "the coordinator's Unix socket (default: $XDG_RUNTIME_DIR/pmrun/coordinator.sock)"),
+    Setting("pool", "coordinator", "PMRUN_POOL", "2G", parse_size,
+            "aggregate limit on the sum of all agents' trees"),
+    Setting("system-threshold", "coordinator", "PMRUN_SYSTEM_THRESHOLD", "80%", parse_fraction,
+            "act when this fraction of system (or container) memory is used"),
+    Setting("psi-threshold", "coordinator", "PMRUN_PSI_THRESHOLD", "10%", _opt_fraction,
+            "act when /proc/pressure/memory 'some avg10' passes this ('off' to ignore PSI)"),
+    Setting("evict-fraction", "coordinator", "PMRUN_EVICT_FRACTION", 0.75, parse_fraction,
+            "fraction of their caches services are asked to drop at the critical level"),
+    Setting("victim-policy", "coordinator", "PMRUN_VICTIM_POLICY", "largest",
+            _choice("largest", "newest", "priority"),
+            "which agent is stopped first when shedding caches was not enough"),
+    Setting("events", "coordinator", "PMRUN_EVENTS", "", _text,
+            "the event log (JSON lines; default: next to the socket)"),
+    # The prompt cache.
+    Setting("max-bytes", "cache", "PMRUN_CACHE_MAX_BYTES", "50MB", parse_size,
+            "byte budget of SharedPromptCache"),
+    Setting("max-entries", "cache", "PMRUN_CACHE_MAX_ENTRIES", 500, _parse_int,
+            "entry cap of SharedPromptCache"),
+    Setting("ttl", "cache", "PMRUN_CACHE_TTL", 300.0, _parse_float,
+            "seconds an entry lives"),
+    Setting("pressure-fraction", "cache", "PMRUN_CACHE_PRESSURE_FRACTION", 0.75, parse_fraction,
+            "fraction dropped on a coordinator eviction request that names none"),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Value:
+    """A resolved setting: the typed value and where it came from."""
+
+    value: Any
+    source: str  # "flag", "env PMRUN_X", "project /p/pmrun.toml", "user ...", "default"
+
+
+class Config(Mapping[str, Any]):
+    """Resolved settings, keyed by ``section.key`` (``config["agent.max-rss"]``)."""
+
+    def __init__(self, values: dict[str, Value], files: list[Path]) -> None:
+        self._values = values
+        self.files = files  # config files that were read, project first
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name].value
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def source(self, name: str) -> str:
+        return self._values[name].source
+
+
+def user_config_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "~"), ".config")
+    return Path(os.path.expanduser(base)) / "pmrun" / "config.toml"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # only paid for when a config file exists
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def find_project_config(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """Return the nearest project config (path, tables) from ``start`` upwards, if any."""
+    d = (start or Path.cwd()).resolve()
+    for folder in (d, *d.parents):
+        candidate = folder / "pmrun.toml"
+        if candidate.is_file():
+            return candidate, _read_toml(candidate)
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            # Only stop at a pyproject.toml that configures pmrun: a project may
+            # keep pmrun.toml beside a pyproject that does not mention it.
+            with open(pyproject, "rb") as f:
+                head = f.read()
+            if b"tool.pmrun" in head:
+                tool = _read_toml(pyproject).get("tool", {})
+                if isinstance(tool, dict) and isinstance(tool.get("pmrun"), dict):
+                    return pyproject, tool["pmrun"]
+    return None
+
+
+def _parse_value(setting: Setting, raw: Any, where: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except PmrunError as e:
+        label = where if where.startswith("--") else f"{where}: {setting.name}"
+        raise ConfigError(f"{label}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {setting.name} = {raw!r}: {e}") from None
+
+
+def _file_values(path: Path, tables: Mapping[str, Any], label: str) -> dict[str, Value]:
+    out: dict[str, Value] = {}
+    for section, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        for key, raw in table.items():
+            setting = BY_NAME.get(f"{section}.{key}")
+            if setting is None:
+                known = ", ".join(sorted(BY_NAME))
+                raise ConfigError(f"{path}: unknown setting {section}.{key} (known: {known})")
+            out[setting.name] = Value(_parse_value(setting, raw, str(path)), f"{label} {path}")
+    return out
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user_path: Path | None = None,
+) -> Config:
+    """Resolve every setting. ``flags`` maps ``section.key`` to raw values given on the command line."""
+    env = os.environ if env is None else env
+    values: dict[str, Value] = {}
+    files: list[Path] = []
+    for s in SETTINGS:
+        values[s.name] = Value(_parse_value(s, s.default, "default"), "default")
+    upath = user_path if user_path is not None else user_config_path(env)
+    if upath.is_file():
+        values.update(_file_values(upath, _read_toml(upath), "user"))
+        files.append(upath)
+    project = find_project_config(cwd)
+    if project is not None:
+        values.update(_file_values(project[0], project[1], "project"))
+        files.insert(0, project[0])
+    for s in SETTINGS:
+        raw = env.get(s.env)
+        if raw is not None and raw != "":
+            values[s.name] = Value(_parse_value(s, raw, f"environment {s.env}"), f"env {s.env}")
+    for name, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        s = BY_NAME[name]
+        values[name] = Value(_parse_value(s, raw, f"--{s.key}"), "flag")
+    return Config(values, files)

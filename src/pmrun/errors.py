@@ -1,0 +1,71 @@
+"""The one error hierarchy and the exit codes pmrun documents.
+
+Every error a user can cause is a :class:`PmrunError` whose message says what to
+do; the CLI prints it as one line and exits with its ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses pmrun itself produces (the command's own pass through)."""
+
+    OK = 0
+    FAILURE = 1  # a subcommand failed (e.g. no coordinator answered)
+    USAGE = 2  # bad arguments to a subcommand
+    PROTECTED = 3  # `pmrun init` left a framework source tree's CLAUDE.md alone
+    LAUNCH_ERROR = 125  # `pmrun -- cmd`: pmrun's own error (bad size, warn > max, ...)
+    NOT_EXECUTABLE = 126  # the command exists but cannot be executed
+    NOT_FOUND = 127  # the command was not found
+    MEMORY_LIMIT = 137  # stopped for exceeding a memory limit (128 + SIGKILL)
+
+
+class PmrunError(Exception):
+    """Base of every error pmrun reports to a user."""
+
+    exit_code: int = ExitCode.FAILURE
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(PmrunError):
+    """The user's arguments, environment or config are wrong."""
+
+    exit_code = ExitCode.USAGE
+
+
+class SizeError(UsageError):
+    """A size string such as ``1.5GiB`` could not be parsed."""
+
+
+class ConfigError(UsageError):
+    """A config file is unreadable or holds a bad value."""
+
+
+class CommandNotFound(PmrunError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class CommandNotExecutable(PmrunError):
+    exit_code = ExitCode.NOT_EXECUTABLE
+
+
+class CoordinatorUnavailable(PmrunError):
+    """No coordinator answers on the socket."""
+
+
+class SocketSecurityError(PmrunError):
+    """The socket path or its directory is not safely ours (symlink, other owner)."""
+
+
+class ProtocolError(PmrunError):
+    """A frame on the coordinator socket is malformed."""
+
+
+class CgroupError(PmrunError):
+    """A cgroup could not be created, joined or read."""
