@@ -38,10 +38,10 @@ def _is_launch(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if _is_launch(args):
+    if _is_launch(args) or (args[:1] == ["run"] and len(args) > 1):
         from .run import launch_main
 
-        sys.exit(launch_main(args))
+        sys.exit(launch_main(args[1:] if args[0] == "run" else args))
     from ._group import cli
 
     cli.main(args=args, prog_name="pmrun")

@@ -1,0 +1,95 @@
+"""Fork and exec the agent's command, with its limits set between the two.
+
+Hand-written rather than ``subprocess`` because the child needs more than
+``preexec_fn`` offers cleanly: an unblocked signal mask (the launcher blocks the
+signals it waits for), the parent-death signal, RLIMIT_AS, joining a cgroup, and
+an exact errno back to the parent when exec fails (127 vs 126).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import sys
+from collections.abc import Callable, Mapping
+
+from .errors import CommandNotExecutable, CommandNotFound
+
+
+def resolve(command: str, path: str | None) -> str:
+    """Find ``command`` like execvp would; raise the 127/126 errors a shell gives."""
+    if "/" in command:
+        if not os.path.exists(command):
+            raise CommandNotFound(f"{command}: no such file")
+        if os.path.isdir(command) or not os.access(command, os.X_OK):
+            raise CommandNotExecutable(f"{command}: permission denied (not executable)")
+        return command
+    found_not_exec = None
+    for d in (path or os.defpath).split(os.pathsep):
+        candidate = os.path.join(d or ".", command)
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return candidate
+            found_not_exec = candidate
+    if found_not_exec:
+        raise CommandNotExecutable(f"{found_not_exec}: permission denied (not executable)")
+    raise CommandNotFound(f"{command}: command not found")
+
+
+def spawn(
+    argv: list[str],
+    env: Mapping[str, str],
+    *,
+    max_as: int | None,
+    pdeathsig: int = signal.SIGKILL,
+    prepare: Callable[[], None] | None = None,
+) -> int:
+    """Start ``argv`` and return its pid once exec has succeeded.
+
+    Raises :class:`CommandNotFound` / :class:`CommandNotExecutable` if exec fails.
+    """
+    import prctl
+
+    executable = resolve(argv[0], env.get("PATH"))
+    env_list = {k: v for k, v in env.items()}
+    parent = os.getpid()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: only exec or _exit from here
+        try:
+            os.close(r)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            # Python ignores these; exec keeps "ignored", so put the defaults back.
+            for s in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(s, signal.SIG_DFL)
+            prctl.set_pdeathsig(pdeathsig)
+            if os.getppid() != parent:  # the launcher died before prctl took effect
+                os._exit(128 + pdeathsig)
+            if prepare is not None:
+                prepare()
+            if max_as is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (max_as, max_as))
+            os.execve(executable, argv, env_list)
+        except BaseException as e:  # report any failure, never return into the parent's code
+            code = getattr(e, "errno", None) or errno.EINVAL
+            try:
+                os.write(w, f"{code}:{e}".encode()[:512])
+            finally:
+                os._exit(127)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    if data:
+        os.waitpid(pid, 0)
+        code_s, _, message = data.decode(errors="replace").partition(":")
+        code = int(code_s) if code_s.isdigit() else errno.EINVAL
+        if code in (errno.ENOENT, errno.ENOTDIR):
+            raise CommandNotFound(f"{argv[0]}: command not found")
+        if code in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR):
+            raise CommandNotExecutable(f"{argv[0]}: cannot execute ({os.strerror(code)})")
+        raise CommandNotExecutable(f"{argv[0]}: cannot start: {message}")
+    return pid

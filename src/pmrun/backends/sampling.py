@@ -1,0 +1,83 @@
+"""The fallback that works everywhere: walk the tree under the launcher and sum RSS.
+
+The launcher is a child subreaper, so every descendant, however it forked or
+setsid'd, is under it: either below the command or reparented to the launcher.
+The tree is therefore "every descendant of the launcher".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from .. import _procfs, _signals
+from .base import Backend, ProcSample, Sample
+
+
+class SamplingBackend(Backend):
+    name = "sampling"
+
+    def __init__(self, reason: str, *, exclude: set[int] | None = None) -> None:
+        self.reason = reason
+        self._self = os.getpid()
+        self._exclude = exclude or set()  # children of the launcher that are not the agent's
+
+    def pids(self) -> list[int]:
+        roots = [p for p in _procfs.children(self._self) if p not in self._exclude]
+        return _procfs.descendants(roots)
+
+    def sample(self) -> Sample:
+        procs: list[ProcSample] = []
+        total = 0
+        for pid in self.pids():
+            try:
+                vsz, rss = _procfs.statm(pid)
+            except _procfs.ProcessGone:
+                continue
+            total += rss
+            procs.append(ProcSample(pid, rss, vsz))
+        return Sample(total, tuple(procs))
+
+    def _tree(self) -> tuple[list[int], set[int]]:
+        pids = self.pids()
+        return pids, {self._self, *pids}
+
+    def signal_all(self, sig: int) -> int:
+        """Send ``sig`` to every process of the tree; returns how many were signalled."""
+        pids, parents = self._tree()
+        return sum(_signals.send(p, sig, parents=parents) for p in pids)
+
+    def kill_all(self, reap: Callable[[], None]) -> None:
+        # Freeze first (SIGSTOP) so that nothing forks between our walk and our kill,
+        # walking again until no new process appears; then SIGKILL the frozen set.
+        while True:
+            stopped: set[int] = set()
+            for _ in range(100):
+                pids, parents = self._tree()
+                new = [p for p in pids if p not in stopped]
+                if not new:
+                    break
+                for p in new:
+                    _signals.send(p, signal.SIGSTOP, parents=parents)
+                    stopped.add(p)
+            pids, parents = self._tree()
+            if not pids:
+                return
+            for p in pids:
+                _signals.send(p, signal.SIGKILL, parents=parents)
+            reap()
+            if not self._alive():
+                return
+            time.sleep(0.001)  # let the kernel finish exits before the next walk
+            reap()
+
+    def _alive(self) -> bool:
+        for pid in self.pids():
+            try:
+                if _procfs.stat(pid)[2] != "Z":
+                    return True
+            except _procfs.ProcessGone:
+                continue
+        return False

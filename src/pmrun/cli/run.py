@@ -1,0 +1,173 @@
+"""``pmrun [OPTIONS] -- COMMAND [ARGS]...``: the launcher's command line.
+
+Every agent start pays for this module, so it parses its few options by hand from
+one table (:data:`OPTIONS`) instead of importing click; ``pmrun run --help`` builds
+click's help from the same table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import CommandNotExecutable, CommandNotFound, ExitCode, PmrunError
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str  # "--max-rss"
+    setting: str | None  # config setting it sets ("agent.max-rss"), None for launcher-only
+    metavar: str | None  # None for a boolean flag
+    help: str
+    value: object = True  # what a boolean flag stores
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--max-rss", "agent.max-rss", "SIZE", "hard limit on the tree's RSS (default 1G)"),
+    Option("--warn-rss", "agent.warn-rss", "SIZE", "warn once when the tree passes this (default 500M)"),
+    Option("--max-as", "agent.max-as", "SIZE", "RLIMIT_AS on the command, or 'off' (default 256G)"),
+    Option("--grace", "agent.grace", "SECONDS", "SIGTERM to SIGKILL delay when stopping (default 5; 0 = SIGKILL)"),
+    Option("--backend", "agent.backend", "auto|cgroup|sampling", "how the limit is enforced (default auto)"),
+    Option("--priority", "agent.priority", "N", "higher is spared longer by the coordinator (default 0)"),
+    Option("--name", None, "NAME", "the agent's name in status and events (default: command basename)"),
+    Option("--socket", "coordinator.socket", "PATH", "the coordinator's socket"),
+    Option("--no-coordinator", "agent.coordinator", None, "run standalone: no coordinator", False),
+    Option("--report", None, "FILE", "write a JSON exit report to FILE ('-' = stderr)"),
+    Option("--record", None, "FILE", "record the tree's RSS over time to FILE (for `pmrun plot`)"),
+    Option("--trace-heap", None, None, "start tracemalloc in Python services (for `pmrun heap`)"),
+    Option("--quiet", None, None, "no warning line on stderr (the report still has it)"),
+)
+BY_FLAG = {o.flag: o for o in OPTIONS}
+
+
+@dataclass
+class Parsed:
+    command: list[str]
+    flags: dict[str, object]  # config setting -> raw value
+    extra: dict[str, object]  # launcher-only options, keyed by flag without dashes
+    help: bool = False
+
+
+def parse(args: list[str]) -> Parsed:
+    """Split ``[OPTIONS] [--] COMMAND [ARGS]`` like env(1) and prlimit(1) do."""
+    from ..errors import UsageError
+
+    flags: dict[str, object] = {}
+    extra: dict[str, object] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return Parsed(args[i + 1 :], flags, extra)
+        if arg in ("-h", "--help"):
+            return Parsed([], flags, extra, help=True)
+        if not arg.startswith("-") or arg == "-":
+            return Parsed(args[i:], flags, extra)
+        name, eq, value = arg.partition("=")
+        opt = BY_FLAG.get(name)
+        if opt is None:
+            raise UsageError(f"unknown option {name} (see pmrun run --help)")
+        if opt.metavar is None:
+            if eq:
+                raise UsageError(f"{name} takes no value")
+            raw: object = opt.value
+        elif eq:
+            raw = value
+        else:
+            i += 1
+            if i >= len(args):
+                raise UsageError(f"{name} needs a value ({opt.metavar})")
+            raw = args[i]
+        if opt.setting is not None:
+            flags[opt.setting] = raw
+        else:
+            extra[name[2:]] = raw
+        i += 1
+    return Parsed([], flags, extra)
+
+
+def build_settings(parsed: Parsed):  # type: ignore[no-untyped-def]
+    """Resolve flags against environment and config files into launcher settings."""
+    from .. import config
+    from ..launcher import LaunchSettings
+    from ..report import Limits
+
+    cfg = config.load(parsed.flags)
+    limits = Limits(
+        max_rss=cfg["agent.max-rss"],
+        warn_rss=cfg["agent.warn-rss"],
+        max_as=cfg["agent.max-as"],
+        grace_s=cfg["agent.grace"],
+    )
+    x = parsed.extra
+    return LaunchSettings(
+        limits=limits,
+        name=str(x.get("name", "")),
+        backend=cfg["agent.backend"],
+        priority=cfg["agent.priority"],
+        coordinator=cfg["agent.coordinator"],
+        socket=cfg["coordinator.socket"],
+        report_path=str(x["report"]) if "report" in x else None,
+        record_path=str(x["record"]) if "record" in x else None,
+        trace_heap=bool(x.get("trace-heap", False)),
+        quiet=bool(x.get("quiet", False)),
+    )
+
+
+def _fail(message: str, code: int) -> int:
+    os.write(2, f"pmrun: {message}\n".encode(errors="replace"))
+    return code
+
+
+def launch_main(args: list[str]) -> int:
+    """Entry point of ``pmrun [OPTIONS] -- COMMAND``; returns the exit status."""
+    from ..launcher import Launcher
+
+    try:
+        parsed = parse(args)
+        if parsed.help:
+            from ._group import cli
+
+            cli.main(args=["run", "--help"], prog_name="pmrun")
+            return 0
+        if not parsed.command:
+            return _fail(
+                "no command given: use pmrun [OPTIONS] -- COMMAND [ARGS]...", ExitCode.LAUNCH_ERROR
+            )
+        return Launcher(parsed.command, build_settings(parsed)).run()
+    except (CommandNotFound, CommandNotExecutable) as e:
+        return _fail(str(e), e.exit_code)
+    except PmrunError as e:
+        return _fail(str(e), ExitCode.LAUNCH_ERROR)
+    except KeyboardInterrupt:  # before the command started
+        return 130
+
+
+def _click_command():  # type: ignore[no-untyped-def]
+    import click
+
+    def run(**_: object) -> None:  # pragma: no cover - main() routes `run` to launch_main
+        raise click.UsageError("use pmrun [OPTIONS] -- COMMAND")
+
+    params: list[click.Parameter] = []
+    for o in OPTIONS:
+        if o.metavar is None:
+            params.append(click.Option([o.flag], is_flag=True, help=o.help))
+        else:
+            params.append(click.Option([o.flag], metavar=o.metavar, help=o.help))
+    params.append(click.Argument(["command"], nargs=-1, required=True))
+    return click.Command(
+        "run",
+        callback=run,
+        params=params,
+        help=(
+            "Run COMMAND under per-agent memory limits (also: pmrun [OPTIONS] -- COMMAND).\n\n"
+            "Exit status: the command's own; 128+N if a signal N ended it; 137 if pmrun stopped it"
+            " for a memory limit; 125 for pmrun's own errors; 126 not executable; 127 not found."
+            " Options also come from PMRUN_* variables and pmrun.toml (see `pmrun config`)."
+        ),
+        context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True},
+    )
+
+
+run_command = _click_command()

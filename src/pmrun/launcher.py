@@ -1,0 +1,447 @@
+"""Run one agent under its memory limits: ``pmrun -- COMMAND``.
+
+The launcher is the agent's parent and a child subreaper, so every descendant stays
+in its tree however it forks. One thread does everything that matters: it blocks the
+signals it cares about and waits for them with ``sigtimedwait``, whose timeout is the
+adaptive sampling interval. No signal handler ever runs, so there is no race between
+a signal, a sample and a reap.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import _procfs, _spawn, policy
+from .backends import Backend, Sample, select
+from .errors import ExitCode, PmrunError, UsageError
+from .report import ExitReport, Limits, TopProcess, write_report
+from .sizes import format_size
+
+# Signals a user (or a supervisor) sends to pmrun that the command must receive.
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGALRM,
+)
+# The coordinator link thread wakes the main thread with this (never forwarded).
+WAKE = signal.SIGRTMIN + 3
+WAITED = frozenset((*FORWARDED, signal.SIGCHLD, WAKE))
+# si_code > 0 means the kernel sent it (e.g. the terminal's ^C to the foreground
+# process group, which the command is in too): forwarding it would deliver it twice.
+_SI_KERNEL_MIN = 1
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How one agent is run; sizes in bytes."""
+
+    limits: Limits
+    name: str = ""  # shown in status and messages; default: the command's basename
+    backend: str = "auto"  # auto, cgroup or sampling
+    priority: int = 0  # higher is spared longer by the coordinator
+    coordinator: bool = True  # register with (and start on demand) the host's coordinator
+    socket: str = ""  # the coordinator's socket; "" = the default path
+    report_path: str | None = None  # --report FILE ("-" = stderr)
+    record_path: str | None = None  # --record FILE
+    trace_heap: bool = False  # set PMRUN_TRACEMALLOC=1 for Python services in the agent
+    quiet: bool = False  # no warning line on stderr (the report still records it)
+
+
+def agent_name(argv: list[str]) -> str:
+    base = os.path.basename(argv[0]) or "agent"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", base)[:64]
+
+
+def validate(argv: list[str], settings: LaunchSettings) -> None:
+    """Reject what cannot work before anything starts."""
+    lim = settings.limits
+    if not argv:
+        raise UsageError("no command given: use pmrun [OPTIONS] -- COMMAND [ARGS]...")
+    if lim.max_rss <= 0:
+        raise UsageError("--max-rss must be more than 0")
+    if lim.warn_rss > lim.max_rss:
+        raise UsageError(
+            f"--warn-rss {format_size(lim.warn_rss)} is above --max-rss {format_size(lim.max_rss)}:"
+            " the warning would never come before the stop"
+        )
+    if lim.max_as is not None and lim.max_as < 16 << 20:
+        raise UsageError(f"--max-as {format_size(lim.max_as)} is too small to start any program (min 16M)")
+
+
+class Launcher:
+    """One run of one command. Use :meth:`run`; it returns pmrun's exit status."""
+
+    def __init__(self, argv: list[str], settings: LaunchSettings) -> None:
+        validate(argv, settings)
+        self.argv = list(argv)
+        self.settings = replace(settings, name=settings.name or agent_name(argv))
+        self.limits = settings.limits
+        self.agent_id = f"{self.settings.name}.{os.getpid()}"
+        self._order: tuple[str, dict[str, Any]] | None = None  # stop ordered by the coordinator
+        self._child_status: int | None = None
+        self._child_rusage: Any = None
+        self._pid = 0
+        self._pidfd: int | None = None
+        self._main_thread = threading.get_ident()
+        self._recorder: Any = None
+        self._link: Any = None
+
+    # -- the parts --------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        os.write(2, f"pmrun: {text}\n".encode(errors="replace"))
+
+    def _reap(self) -> None:
+        """Reap every exited child; remember the command's own status and rusage."""
+        while True:
+            try:
+                pid, status, rusage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self._pid:
+                self._child_status = status
+                self._child_rusage = rusage
+
+    def _on_stop_order(self, reason: str, detail: dict[str, Any]) -> None:
+        """Called from the coordinator link thread: stop this agent (pool or system pressure)."""
+        if self._order is None:
+            self._order = (reason, detail)
+        signal.pthread_kill(self._main_thread, WAKE)
+
+    def _forward(self, sig: int) -> None:
+        if self._pidfd is not None and self._child_status is None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def _wait(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for a signal; handle it and any others pending."""
+        info = signal.sigtimedwait(WAITED, timeout_s)
+        while info is not None:
+            sig = info.si_signo
+            if sig == signal.SIGCHLD:
+                self._reap()
+            elif sig in FORWARDED and info.si_code < _SI_KERNEL_MIN and info.si_pid != os.getpid():
+                self._forward(sig)
+            info = signal.sigtimedwait(WAITED, 0)
+        self._reap()  # SIGCHLD can coalesce with one already consumed
+
+    def _coordinator_socket(self) -> str | None:
+        """The coordinator's socket, started on demand; None when running standalone.
+
+        Runs before we become a subreaper: a coordinator started here then reparents
+        to init instead of into this agent's tree.
+        """
+        if not self.settings.coordinator:
+            return None
+        try:
+            from .coordinator.link import default_socket_path, ensure_coordinator
+        except ImportError:
+            return None
+        path = self.settings.socket or default_socket_path()
+        try:
+            ensure_coordinator(path)
+        except PmrunError as e:
+            self._say(f"warning: no coordinator ({e}); enforcing this agent's own limits only")
+            return None
+        except OSError as e:
+            self._say(f"warning: no coordinator ({e.strerror}); enforcing this agent's own limits only")
+            return None
+        return path
+
+    def _link_start(self, socket_path: str, backend: Backend) -> None:
+        from .coordinator.link import AgentLink
+
+        lim = self.limits
+        info = {
+            "agent_id": self.agent_id,
+            "name": self.settings.name,
+            "launcher_pid": os.getpid(),
+            "child_pid": self._pid,
+            "uid": os.getuid(),
+            "argv": self.argv,
+            "max_rss": lim.max_rss,
+            "warn_rss": lim.warn_rss,
+            "max_as": lim.max_as,
+            "priority": self.settings.priority,
+            "backend": backend.describe(),
+            "started": time.time(),
+        }
+        self._link = AgentLink(socket_path, info, self._on_stop_order)
+        self._link.start()
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        if self._recorder is not None:
+            self._recorder.event(kind, **fields)
+        if self._link is not None:
+            self._link.event(kind, **fields)
+
+    # -- the run ------------------------------------------------------------------
+
+    def run(self) -> int:
+        import prctl
+
+        lim = self.limits
+        socket_path = self._coordinator_socket()
+        backend = select(
+            self.settings.backend, agent_id=self.agent_id, max_rss=lim.max_rss, warn_rss=lim.warn_rss
+        )
+        prctl.set_child_subreaper(1)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+        env = dict(os.environ)
+        env["PMRUN_AGENT_ID"] = self.agent_id
+        if socket_path:
+            env["PMRUN_SOCKET"] = socket_path
+        if self.settings.trace_heap:
+            env["PMRUN_TRACEMALLOC"] = "1"
+        start_wall = time.time()
+        try:
+            self._pid = _spawn.spawn(self.argv, env, max_as=lim.max_as, prepare=backend.prepare_child)
+        except BaseException:
+            backend.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            raise
+        try:
+            self._pidfd = os.pidfd_open(self._pid)
+        except (OSError, AttributeError):  # pragma: no cover - kernels before 5.3
+            self._pidfd = None
+        backend.started(self._pid)
+        if self.settings.record_path:
+            from .recording import Recorder
+
+            self._recorder = Recorder(
+                self.settings.record_path,
+                header={
+                    "command": self.argv,
+                    "name": self.settings.name,
+                    "pid": self._pid,
+                    "limits": {"max_rss": lim.max_rss, "warn_rss": lim.warn_rss, "max_as": lim.max_as},
+                    "backend": backend.describe(),
+                },
+            )
+        if socket_path:
+            self._link_start(socket_path, backend)
+        try:
+            report = self._supervise(backend, start_wall)
+        finally:
+            backend.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+        if self._link is not None:
+            self._link.close(report.to_dict())
+        if self._recorder is not None:
+            self._recorder.end(
+                reason=report.reason, exit_status=report.exit_status, peak_rss=report.peak_rss_bytes
+            )
+        if report.reason not in ("exit", "signal"):
+            self._say(report.message)
+        if self.settings.report_path:
+            try:
+                write_report(report, self.settings.report_path)
+            except OSError as e:
+                self._say(f"cannot write report {self.settings.report_path}: {e.strerror}")
+        self.report = report
+        return report.exit_status
+
+    def _supervise(self, backend: Backend, start_wall: float) -> ExitReport:
+        lim = self.limits
+        watch = policy.LimitWatch(lim.warn_rss, lim.max_rss)
+        samples = 0
+        peak_vsz = 0
+        biggest: TopProcess | None = None
+        last_rss, last_t = 0, time.monotonic()
+        warned_at: float | None = None
+        reason = "exit"
+        stop: dict[str, Any] | None = None
+        oom_before = backend.kernel_oom_kills()
+        while self._child_status is None:
+            s = backend.sample()
+            samples += 1
+            now = time.monotonic()
+            growth = (s.rss_bytes - last_rss) / (now - last_t) if now > last_t else 0.0
+            last_rss, last_t = s.rss_bytes, now
+            if s.processes:
+                peak_vsz = max(peak_vsz, max(p.vsz_bytes for p in s.processes))
+            if s.rss_bytes >= watch.peak_bytes and s.processes:
+                top = max(s.processes, key=lambda p: p.rss_bytes)
+                if biggest is None or biggest.pid != top.pid:
+                    biggest = TopProcess(top.pid, _name(top.pid), top.rss_bytes)
+                else:
+                    biggest = replace(biggest, rss_bytes=top.rss_bytes)
+            self._observe(s)
+            crossing = watch.observe(s.rss_bytes)
+            if crossing is policy.Crossing.WARN:
+                warned_at = time.time()
+                msg = (
+                    f"warning: {self.settings.name} (pid {self._pid}) tree RSS {format_size(s.rss_bytes)}"
+                    f" passed --warn-rss {format_size(lim.warn_rss)} (stop at {format_size(lim.max_rss)})"
+                )
+                if not self.settings.quiet:
+                    self._say(msg)
+                self._event("warn", rss=s.rss_bytes, warn_rss=lim.warn_rss)
+            elif crossing is policy.Crossing.MAX:
+                reason = "max-rss"
+                stop = {"rss": s.rss_bytes, "max_rss": lim.max_rss}
+                break
+            if self._order is not None:
+                reason, stop = self._order[0], dict(self._order[1])
+                break
+            self._wait(policy.next_interval_s(s.rss_bytes, lim.max_rss, growth))
+        if reason != "exit":
+            self._event("stop", reason=reason, **(stop or {}))
+            self._stop_tree(backend, watch)
+        elif backend.pids():
+            # The command is gone but left processes behind (daemons, workers):
+            # nothing of the tree outlives pmrun.
+            self._stop_tree(backend, watch)
+        # Wait for the command itself (it may still be exiting) and reap everything.
+        while self._child_status is None:
+            self._wait(0.05)
+        end_wall = time.time()
+        status = self._child_status
+        term_sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        exit_status = policy.exit_status(status)
+        oom_kills = backend.kernel_oom_kills() - oom_before
+        if reason == "exit":
+            if oom_kills > 0 and term_sig == signal.SIGKILL:
+                reason = "kernel-oom"
+            elif policy.looks_like_max_as(
+                wait_status=status, peak_vsz_bytes=peak_vsz, max_as_bytes=lim.max_as
+            ):
+                reason = "max-as"
+            elif term_sig is not None:
+                reason = "signal"
+        if reason in ("max-rss", "pool", "system-pressure"):
+            exit_status = ExitCode.MEMORY_LIMIT
+        ru = self._child_rusage
+        report = ExitReport(
+            command=self.argv,
+            name=self.settings.name,
+            agent_id=self.agent_id,
+            pid=self._pid,
+            launcher_pid=os.getpid(),
+            start_time=start_wall,
+            end_time=end_wall,
+            exit_status=int(exit_status),
+            reason=reason,
+            message=self._message(reason, watch.peak_bytes, biggest, stop, status),
+            signal=term_sig,
+            peak_rss_bytes=watch.peak_bytes,
+            limits=lim,
+            samples=samples,
+            biggest_at_peak=biggest,
+            ru_maxrss_bytes=ru.ru_maxrss * 1024 if ru is not None else None,
+            backend=backend.describe(),
+            kernel_peak_bytes=backend.kernel_peak_bytes(),
+            kernel_oom_kills=oom_kills,
+            warned_at=warned_at,
+            stop=stop,
+            extra={"peak_vsz_bytes": peak_vsz},
+        )
+        return report
+
+    def _observe(self, s: Sample) -> None:
+        """Hand one sample to the recorder and the coordinator link."""
+        if self._recorder is not None:
+            procs = {p.pid: p.rss_bytes for p in s.processes}
+            names = {p: _name(p) for p in procs if not self._recorder.knows(p)}
+            self._recorder.sample(s.rss_bytes, procs, names)
+        if self._link is not None:
+            pids = []
+            for p in s.processes:
+                try:
+                    pids.append((p.pid, _procfs.start_time(p.pid)))
+                except _procfs.ProcessGone:
+                    continue
+            self._link.report(s.rss_bytes, 0, pids)
+
+    def _stop_tree(self, backend: Backend, watch: policy.LimitWatch) -> None:
+        """SIGTERM the whole tree, wait up to the grace, then SIGKILL whatever is left."""
+        grace = self.limits.grace_s
+        if grace > 0:
+            backend.signal_all(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                self._wait(min(0.02, max(deadline - time.monotonic(), 0)))
+                if not _live(backend):
+                    break
+                s = backend.sample()
+                watch.peak_bytes = max(watch.peak_bytes, s.rss_bytes)
+                if policy.grace_exceeded(s.rss_bytes, self.limits.max_rss):
+                    self._event("kill", why="grew past max-rss during the grace period", rss=s.rss_bytes)
+                    break
+        if _live(backend):
+            self._event("kill", why="grace over" if grace > 0 else "grace 0")
+        backend.kill_all(self._reap)
+        self._reap()
+
+    def _message(
+        self,
+        reason: str,
+        peak: int,
+        biggest: TopProcess | None,
+        stop: dict[str, Any] | None,
+        status: int,
+    ) -> str:
+        name, lim = self.settings.name, self.limits
+        big = (
+            f"; biggest process: pid {biggest.pid} {biggest.name} ({format_size(biggest.rss_bytes)})"
+            if biggest
+            else ""
+        )
+        if reason == "max-rss":
+            return (
+                f"stopped {name} (pid {self._pid}): tree RSS passed --max-rss {format_size(lim.max_rss)};"
+                f" peak {format_size(peak)}{big}"
+            )
+        if reason in ("pool", "system-pressure"):
+            why = (stop or {}).get("message") or (
+                "the agents' pool is over its limit" if reason == "pool" else "the system is short of memory"
+            )
+            return f"stopped {name} (pid {self._pid}) by the coordinator ({reason}): {why}; peak {format_size(peak)}{big}"
+        if reason == "kernel-oom":
+            return f"{name} (pid {self._pid}) was killed by the kernel's OOM killer (its cgroup limit); peak {format_size(peak)}{big}"
+        if reason == "max-as":
+            return (
+                f"{name} (pid {self._pid}) failed with its address space near --max-as {format_size(lim.max_as)}:"
+                " likely a failed mapping (ENOMEM); raise --max-as or set it to off"
+            )
+        if reason == "signal":
+            return f"{name} (pid {self._pid}) was killed by signal {os.WTERMSIG(status)}"
+        return f"{name} (pid {self._pid}) exited with status {os.WEXITSTATUS(status)}"
+
+
+def _name(pid: int) -> str:
+    try:
+        return _procfs.comm(pid)
+    except (_procfs.ProcessGone, OSError):
+        return "?"
+
+
+def _live(backend: Backend) -> bool:
+    for pid in backend.pids():
+        try:
+            if _procfs.stat(pid)[2] != "Z":
+                return True
+        except _procfs.ProcessGone:
+            continue
+    return False
+
+
+def run(argv: list[str], settings: LaunchSettings) -> int:
+    """Run ``argv`` under ``settings`` in this process; return pmrun's exit status."""
+    return Launcher(argv, settings).run()

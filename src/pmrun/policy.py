@@ -1,0 +1,113 @@
+"""Pure decisions of the launcher: numbers in, a decision out. No I/O here.
+
+The coordinator's own decisions (pressure levels, victims) live in
+``pmrun.coordinator.policy``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+# The fastest a single process grew its RSS on this machine when allocating and
+# touching memory flat out (benchmarks/bench_launcher.py, `overshoot`): about 2.5 GiB/s.
+# The next sample comes before the headroom left could be eaten at that speed.
+ASSUMED_GROWTH_BPS = 4 << 30
+MIN_INTERVAL_S = 0.001  # near the limit: 1 ms between samples
+MAX_INTERVAL_S = 0.5  # far from it: still answer a limit crossing within half a second
+
+
+def next_interval_s(
+    rss_bytes: int,
+    limit_bytes: int,
+    growth_bps: float = 0.0,
+    *,
+    assumed_growth_bps: float = ASSUMED_GROWTH_BPS,
+    min_s: float = MIN_INTERVAL_S,
+    max_s: float = MAX_INTERVAL_S,
+) -> float:
+    """Seconds until the next sample: the time the headroom lasts at the worst growth rate.
+
+    Slow when far from the limit (cheap), fast when close (little overshoot), like
+    earlyoom's ``sleep_time_ms``.
+    """
+    headroom = limit_bytes - rss_bytes
+    if headroom <= 0:
+        return min_s
+    rate = max(growth_bps, assumed_growth_bps, 1.0)
+    return min(max(headroom / rate, min_s), max_s)
+
+
+class Crossing(enum.Enum):
+    NONE = "none"
+    WARN = "warn"  # the soft threshold was crossed for the first time
+    MAX = "max"  # the hard limit was crossed: stop the tree
+
+
+@dataclass
+class LimitWatch:
+    """Tracks one agent's samples against its limits; warns once, stops once."""
+
+    warn_bytes: int
+    max_bytes: int
+    peak_bytes: int = 0
+    warned: bool = False
+    stopped: bool = False
+
+    def observe(self, rss_bytes: int) -> Crossing:
+        """Feed one sample; returns what, if anything, was crossed for the first time."""
+        self.peak_bytes = max(self.peak_bytes, rss_bytes)
+        if not self.stopped and rss_bytes > self.max_bytes:
+            self.stopped = True
+            return Crossing.MAX
+        if not self.warned and rss_bytes > self.warn_bytes:
+            self.warned = True
+            return Crossing.WARN
+        return Crossing.NONE
+
+
+def exit_status(wait_status: int) -> int:
+    """The shell's view of a wait status: the exit code, or 128 + N when killed by signal N."""
+    import os
+
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    if os.WIFEXITED(wait_status):
+        return os.WEXITSTATUS(wait_status)
+    return 128 + 9  # pragma: no cover - stopped/continued are not reported without WUNTRACED
+
+
+def grace_exceeded(rss_bytes: int, max_bytes: int, *, overrun: float = 0.10) -> bool:
+    """During the SIGTERM grace period, a tree still growing past max by ``overrun`` is killed at once.
+
+    Grace exists for a clean shutdown, not for another gigabyte.
+    """
+    return rss_bytes > max_bytes * (1.0 + overrun)
+
+
+def looks_like_max_as(
+    *,
+    wait_status: int,
+    peak_vsz_bytes: int,
+    max_as_bytes: int | None,
+    near: float = 0.75,
+) -> bool:
+    """Whether an abnormal end is most likely the address-space limit (RLIMIT_AS).
+
+    The kernel does not say why a process died; a failed mmap shows up as ENOMEM,
+    MemoryError, an abort or a SIGSEGV. We call it ``max-as`` when the command ended
+    badly and its address space had come within ``near`` of the limit.
+    """
+    import os
+    import signal
+
+    if max_as_bytes is None:
+        return False
+    bad_signal = os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) in (
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGABRT,
+        signal.SIGTRAP,
+    )
+    bad_exit = os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) != 0
+    return (bad_signal or bad_exit) and peak_vsz_bytes >= near * max_as_bytes
