@@ -300,7 +300,13 @@ class Launcher:
             if self._order is not None:
                 reason, stop = self._order[0], dict(self._order[1])
                 break
-            self._wait(policy.next_interval_s(s.rss_bytes, lim.max_rss, growth))
+            interval = policy.next_interval_s(s.rss_bytes, lim.max_rss, growth)
+            if lim.max_as is not None and s.processes:
+                # Watch the address space near --max-as too, so that a failure there
+                # can be told from any other crash (it is per process, like RLIMIT_AS).
+                vsz = max(p.vsz_bytes for p in s.processes)
+                interval = min(interval, policy.next_interval_s(vsz, lim.max_as))
+            self._wait(interval)
         if reason != "exit":
             self._event("stop", reason=reason, **(stop or {}))
             self._stop_tree(backend, watch)

@@ -93,9 +93,14 @@ def build_settings(parsed: Parsed):  # type: ignore[no-untyped-def]
     from ..report import Limits
 
     cfg = config.load(parsed.flags)
+    max_rss, warn_rss = cfg["agent.max-rss"], cfg["agent.warn-rss"]
+    if cfg.source("agent.warn-rss") == "default" and warn_rss > max_rss:
+        # Only an explicit --warn-rss above --max-rss is an error; the default
+        # warning follows a smaller limit down, keeping the defaults' ratio (1/2).
+        warn_rss = max_rss // 2
     limits = Limits(
-        max_rss=cfg["agent.max-rss"],
-        warn_rss=cfg["agent.warn-rss"],
+        max_rss=max_rss,
+        warn_rss=warn_rss,
         max_as=cfg["agent.max-as"],
         grace_s=cfg["agent.grace"],
     )

@@ -1,0 +1,640 @@
+"""A memory-capped, thread-safe prompt cache for the components of one process.
+
+:class:`SharedPromptCache` keeps built prompts (or anything else) under a byte budget, an
+entry cap and a time to live, and gives memory back when the coordinator asks.
+
+How entries are sized (all numbers are bytes, measured once, when the entry is stored):
+
+- ``str`` and ``bytes``: exactly what the process holds for the object, ``sys.getsizeof``,
+  which includes the object header (49 bytes for an ASCII ``str``, 33 for ``bytes``).
+- anything else: an estimate, ``sys.getsizeof`` of the object plus, recursively and at most
+  8 levels deep, that of the items of lists, tuples, sets, deques and dicts and of an
+  object's ``__dict__`` and ``__slots__``; an object reached twice is counted once. Memory
+  held outside Python objects is seen only where the type reports it in ``__sizeof__``.
+- the key is sized the same way and counts towards the entry.
+
+A value is counted in full even if the caller keeps its own reference to it. The total of
+the entries never exceeds ``max_bytes`` and their number never exceeds ``max_entries``: a new
+entry first evicts the least recently used ones until it fits. A single entry larger than
+``max_bytes`` is refused with :class:`CacheValueTooLarge` (and any older value under its key
+is dropped); the :meth:`~SharedPromptCache.memoize` decorator then returns the value uncached.
+
+Expired entries are never returned. There is no timer thread: every call sweeps what has
+expired since the last one (a heap ordered by expiry time makes that a single comparison
+when nothing has), so an idle cache keeps its expired entries until it is next used,
+:meth:`~SharedPromptCache.expire` is called, or the coordinator asks for memory.
+
+Limits come from the constructor, else from the ``[cache]`` table of the config file and
+``PMRUN_CACHE_*`` variables (see :mod:`pmrun.config`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass
+from functools import wraps
+from typing import Any, ClassVar, ParamSpec, TypeVar, overload
+
+from . import _malloc
+from .errors import PmrunError, SizeError, UsageError
+from .sizes import format_size, parse_fraction, parse_size
+
+__all__ = ["SharedPromptCache", "CacheValueTooLarge", "Freed", "sizeof"]
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CAUSES = ("capacity", "ttl", "pressure", "manual")
+"""Why entries leave the cache: budget or entry cap, expiry, a pressure eviction, a caller."""
+
+_MAX_DEPTH = 8  # levels of containers :func:`sizeof` descends into
+_BIGGEST = 5  # entries listed in stats()["biggest"]
+_KEY_SHOWN = 80  # characters of a key shown in stats()
+_MISSING: Any = object()
+
+
+class CacheValueTooLarge(PmrunError, ValueError):
+    """One entry is larger than the cache's whole byte budget, so it cannot be stored."""
+
+    def __init__(self, key: Hashable, size_bytes: int, max_bytes: int) -> None:
+        super().__init__(
+            f"cache entry {_show_key(key)} takes {format_size(size_bytes)} ({size_bytes} bytes), "
+            f"more than the whole cache budget max_bytes={format_size(max_bytes)}: "
+            "raise cache.max-bytes (PMRUN_CACHE_MAX_BYTES) or do not cache this value"
+        )
+        self.key = key
+        self.size_bytes = size_bytes
+        self.max_bytes = max_bytes
+
+
+@dataclass(frozen=True)
+class Freed:
+    """What one :meth:`SharedPromptCache.evict_fraction` call removed and gave back."""
+
+    entries: int  # entries removed, expired ones included
+    bytes_accounted: int  # the sum of their sizes as the cache counts them
+    rss_before: int | None  # process RSS before the eviction, bytes (None: /proc unreadable)
+    rss_after: int | None  # process RSS after it (and after malloc_trim when that ran)
+    trimmed: bool  # malloc_trim(0) ran
+    evict_s: float  # seconds spent removing entries (under the cache's lock)
+    trim_s: float  # seconds spent in malloc_trim
+
+    @property
+    def rss_drop(self) -> int:
+        """How far the process's RSS fell, in bytes (0 if it did not, or is unknown).
+
+        It is process-wide: other threads allocating meanwhile make it smaller.
+        """
+        if self.rss_before is None or self.rss_after is None:
+            return 0
+        return max(0, self.rss_before - self.rss_after)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready report; ``bytes`` and ``rss_drop`` are what the coordinator reads."""
+        return {"bytes": self.bytes_accounted, "rss_drop": self.rss_drop, **asdict(self)}
+
+
+def sizeof(obj: object) -> int:
+    """Bytes that ``obj`` counts for in the cache: exact for ``str``/``bytes``, else an estimate.
+
+    See the module docstring for the rules.
+    """
+    cls = type(obj)
+    if cls is str or cls is bytes:
+        return sys.getsizeof(obj)
+    return _estimate(obj, _MAX_DEPTH, set())
+
+
+_ATOMS = (str, bytes, bytearray, memoryview, int, float, complex, bool, type(None), range)
+_SEQUENCES = (list, tuple, set, frozenset, deque)
+
+
+def _estimate(obj: object, depth: int, seen: set[int]) -> int:
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))  # the ids stay valid: every object visited is reachable from the root
+    size = sys.getsizeof(obj, 64)  # 64: a guess for objects whose type has no __sizeof__
+    if depth <= 0 or isinstance(obj, _ATOMS):
+        return size
+    depth -= 1
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            size += _estimate(k, depth, seen) + _estimate(v, depth, seen)
+    elif isinstance(obj, _SEQUENCES):
+        for item in obj:
+            size += _estimate(item, depth, seen)
+    else:
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            size += _estimate(attrs, depth, seen)
+        for cls in type(obj).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for slot in (slots,) if isinstance(slots, str) else slots:
+                if slot not in ("__dict__", "__weakref__") and hasattr(obj, slot):
+                    size += _estimate(getattr(obj, slot), depth, seen)
+    return size
+
+
+def _show_key(key: Hashable) -> str:
+    text = key if isinstance(key, str) else repr(key)
+    return text if len(text) <= _KEY_SHOWN else text[: _KEY_SHOWN - 3] + "..."
+
+
+def _positive_seconds(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise UsageError(f"{what} must be a number of seconds above 0 (or inf), not {value!r}")
+    return float(value)
+
+
+def _key_has_prefix(key: Hashable, prefix: str) -> bool:
+    if isinstance(key, tuple) and key:
+        key = key[0]  # memoized keys are (function name, arguments)
+    return isinstance(key, str) and key.startswith(prefix)
+
+
+class SharedPromptCache:
+    """A thread-safe LRU cache bounded in bytes, in entries and in time.
+
+    ``max_bytes`` (bytes, or a size such as ``"50MB"``), ``ttl`` (seconds; ``math.inf``
+    for none), ``pressure_fraction`` (what a coordinator request that names no fraction
+    drops) and ``max_entries`` default to the settings ``cache.max-bytes``, ``cache.ttl``,
+    ``cache.pressure-fraction`` and ``cache.max-entries``. ``timer`` gives the time in
+    seconds for TTLs (tests inject a fake one). With ``auto_attach`` and ``PMRUN_SOCKET`` set
+    (as the launcher does), the cache registers with the coordinator when built; if that
+    fails it stays a plain cache.
+
+    Components share one cache through :meth:`shared`; each constructed cache has its own
+    budget. A child made by ``fork`` gets a working, detached copy.
+    """
+
+    _shared: ClassVar[SharedPromptCache | None] = None
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        max_bytes: int | str | None = None,
+        ttl: float | None = None,
+        pressure_fraction: float | str | None = None,
+        *,
+        max_entries: int | None = None,
+        timer: Callable[[], float] = time.monotonic,
+        name: str = "prompt-cache",
+        auto_attach: bool = True,
+    ) -> None:
+        if None in (max_bytes, ttl, pressure_fraction, max_entries):
+            from .config import load
+
+            cfg = load()
+            max_bytes = cfg["cache.max-bytes"] if max_bytes is None else max_bytes
+            ttl = cfg["cache.ttl"] if ttl is None else ttl
+            pressure_fraction = (
+                cfg["cache.pressure-fraction"] if pressure_fraction is None else pressure_fraction
+            )
+            max_entries = cfg["cache.max-entries"] if max_entries is None else max_entries
+        assert max_bytes is not None and ttl is not None and max_entries is not None
+        assert pressure_fraction is not None
+        self._max_bytes = parse_size(max_bytes)
+        if self._max_bytes < 1:
+            raise UsageError("max_bytes must be at least 1 byte (cache.max-bytes)")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise UsageError(
+                f"max_entries must be a whole number of at least 1, not {max_entries!r}"
+            )
+        self._max_entries = max_entries
+        self._ttl = _positive_seconds(ttl, "ttl")
+        self._pressure_fraction = parse_fraction(pressure_fraction)
+        self._timer = timer
+        self.name = name
+
+        # key -> (value, size in bytes, expiry time, sequence number), least recently used first.
+        self._data: OrderedDict[Hashable, tuple[Any, int, float, int]] = OrderedDict()
+        # A min-heap of (expiry time, sequence number, key). An item whose entry was replaced
+        # or removed stays until it surfaces or the heap is rebuilt; it holds only the key, so
+        # a removed value's memory is freed at once.
+        self._expiry: list[tuple[float, int, Hashable]] = []
+        self._seq = itertools.count()
+        self._bytes = 0
+        self._hits = 0
+        self._misses = 0
+        self._evictions = dict.fromkeys(CAUSES, 0)
+        self._evicted_bytes = dict.fromkeys(CAUSES, 0)
+        self._last_pressure: Freed | None = None
+        # Re-entrant: a value freed under the lock may run a __del__ that uses the cache.
+        self._lock = threading.RLock()
+        self._attach_lock = threading.Lock()
+        self._registration: weakref.finalize[Any, Any] | None = None
+        _instances.add(self)
+
+        if auto_attach and os.environ.get("PMRUN_SOCKET"):
+            try:
+                self.attach()
+            except Exception as e:  # never let a missing coordinator break the agent
+                log.debug("%s: not attached to the coordinator: %s", name, e)
+
+    @classmethod
+    def shared(cls) -> SharedPromptCache:
+        """The process's common cache, built from the settings on first use."""
+        with cls._shared_lock:
+            if SharedPromptCache._shared is None:
+                SharedPromptCache._shared = cls()
+            return SharedPromptCache._shared
+
+    # Limits, read-only: a cache is rebuilt, not resized.
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @property
+    def max_entries(self) -> int:
+        return self._max_entries
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
+    @property
+    def pressure_fraction(self) -> float:
+        return self._pressure_fraction
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held by the entries, as counted when they were stored."""
+        return self._bytes
+
+    @property
+    def attached(self) -> bool:
+        """Whether the cache is registered with the coordinator."""
+        return self._registration is not None
+
+    # The hot path: one lock, one timer call, C-level dict and heap operations.
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        """The live value stored under ``key`` (now the most recently used), else ``default``."""
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is not None:
+                now = self._timer()
+                if now < entry[2]:
+                    self._data.move_to_end(key)
+                    self._hits += 1
+                    if self._expiry[0][0] <= now:
+                        self._expire(now)
+                    return entry[0]
+                self._expire(now)
+            self._misses += 1
+            return default
+
+    def set(self, key: Hashable, value: Any, *, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's ``ttl``).
+
+        Evicts least recently used entries until it fits. Raises :class:`CacheValueTooLarge`
+        if the entry alone is larger than ``max_bytes``.
+        """
+        size = sizeof(key) + sizeof(value)
+        ttl = self._ttl if ttl is None else _positive_seconds(ttl, "ttl")
+        with self._lock:
+            data = self._data
+            old = data.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]  # its heap item goes stale
+            if size > self._max_bytes:
+                if old is not None:
+                    self._count("capacity", 1, old[1])
+                raise CacheValueTooLarge(key, size, self._max_bytes)
+            now = self._timer()
+            heap = self._expiry
+            if heap and heap[0][0] <= now:
+                self._expire(now)
+            if self._bytes + size > self._max_bytes or len(data) >= self._max_entries:
+                self._make_room(size)
+            seq = next(self._seq)
+            expires = now + ttl
+            data[key] = (value, size, expires, seq)
+            self._bytes += size
+            heapq.heappush(heap, (expires, seq, key))
+            if len(heap) > 2 * len(data) + 64:
+                self._rebuild_expiry()
+
+    def delete(self, key: Hashable) -> bool:
+        """Remove ``key``; True if it held a live value."""
+        with self._lock:
+            entry = self._data.pop(key, None)
+            if entry is None:
+                return False
+            self._bytes -= entry[1]
+            live = self._timer() < entry[2]
+            self._count("manual" if live else "ttl", 1, entry[1])
+            return live
+
+    def clear(self) -> None:
+        """Remove every entry (counted as manual evictions). Use ``evict_fraction(1)`` to also
+        give the memory back to the OS."""
+        with self._lock:
+            self._count("manual", len(self._data), self._bytes)
+            self._data.clear()
+            self._expiry = []
+            self._bytes = 0
+
+    def invalidate(self, prefix: str) -> int:
+        """Remove every entry whose key starts with ``prefix``: a ``str`` key, or a tuple key
+        whose first item is such a ``str`` (as :meth:`memoize` builds). Returns how many."""
+        with self._lock:
+            self._expire(self._timer())
+            doomed = [k for k in self._data if _key_has_prefix(k, prefix)]
+            freed = 0
+            for k in doomed:
+                freed += self._data.pop(k)[1]
+            self._bytes -= freed
+            self._count("manual", len(doomed), freed)
+            self._maybe_rebuild_expiry()
+            return len(doomed)
+
+    def expire(self) -> int:
+        """Remove the entries that have expired; returns how many. Every other call does this
+        too: call it only to reclaim memory from a cache that is otherwise idle."""
+        with self._lock:
+            removed, _ = self._expire(self._timer())
+            self._maybe_rebuild_expiry()
+            return removed
+
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` holds a live value; counts neither a hit nor a use."""
+        with self._lock:
+            entry = self._data.get(key)
+            return entry is not None and self._timer() < entry[2]
+
+    def __len__(self) -> int:
+        """The number of live entries."""
+        with self._lock:
+            self._expire(self._timer())
+            return len(self._data)
+
+    def evict_fraction(
+        self, fraction: float | str, *, cause: str = "pressure", trim: bool = True
+    ) -> Freed:
+        """Drop ``fraction`` (0 to 1, or ``"75%"``) of the cached bytes, least valuable first:
+        expired entries, then the least recently used. With ``trim`` (the default), then ask
+        the C library to return free memory to the OS and report the RSS it measured before
+        and after. ``cause`` is ``"pressure"`` or ``"manual"``, as counted in :meth:`stats`.
+        """
+        f = parse_fraction(fraction)
+        if cause not in ("pressure", "manual"):
+            raise UsageError(f"cause must be 'pressure' or 'manual', not {cause!r}")
+        rss_before = _malloc.rss_bytes()
+        started = time.perf_counter()
+        with self._lock:
+            target = f * self._bytes
+            entries, freed = self._expire(self._timer())
+            data = self._data
+            n = 0
+            dropped = 0
+            while freed + dropped < target and data:
+                # No name keeps the popped entry: its value is freed here, under the lock.
+                dropped += data.popitem(last=False)[1][1]
+                n += 1
+            self._bytes -= dropped
+            self._count(cause, n, dropped)
+            self._maybe_rebuild_expiry()
+        evicted = time.perf_counter()
+        trimmed = trim and (entries + n) > 0 and _malloc.trim()
+        trimmed_at = time.perf_counter()
+        report = Freed(
+            entries=entries + n,
+            bytes_accounted=freed + dropped,
+            rss_before=rss_before,
+            rss_after=_malloc.rss_bytes(),
+            trimmed=trimmed,
+            evict_s=evicted - started,
+            trim_s=trimmed_at - evicted if trimmed else 0.0,
+        )
+        if cause == "pressure":
+            self._last_pressure = report
+        return report
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and the biggest entries as a JSON-ready dict, for diagnostics and the
+        coordinator. ``hit_ratio`` is hits / (hits + misses), 0.0 before any lookup."""
+        with self._lock:
+            now = self._timer()
+            self._expire(now)
+            lookups = self._hits + self._misses
+            biggest = heapq.nlargest(_BIGGEST, self._data.items(), key=lambda kv: kv[1][1])
+            last = self._last_pressure
+            return {
+                "name": self.name,
+                "entries": len(self._data),
+                "bytes": self._bytes,
+                "max_bytes": self._max_bytes,
+                "max_entries": self._max_entries,
+                "ttl_s": self._ttl if math.isfinite(self._ttl) else None,
+                "hits": self._hits,
+                "misses": self._misses,
+                "hit_ratio": self._hits / lookups if lookups else 0.0,
+                "evictions": dict(self._evictions),
+                "evicted_bytes": dict(self._evicted_bytes),
+                "biggest": [
+                    {
+                        "key": _show_key(k),
+                        "bytes": e[1],
+                        "expires_in_s": round(e[2] - now, 3) if math.isfinite(e[2]) else None,
+                    }
+                    for k, e in biggest
+                ],
+                "attached": self.attached,
+                "last_pressure_eviction": None if last is None else last.as_dict(),
+            }
+
+    @overload
+    def memoize(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+
+    @overload
+    def memoize(
+        self,
+        func: None = None,
+        /,
+        *,
+        key: Callable[..., Hashable] | None = None,
+        prefix: str | None = None,
+        ttl: float | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+    def memoize(
+        self,
+        func: Callable[P, R] | None = None,
+        /,
+        *,
+        key: Callable[..., Hashable] | None = None,
+        prefix: str | None = None,
+        ttl: float | None = None,
+    ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+        """Cache a function's results: ``@cache.memoize`` or ``@cache.memoize(ttl=60)``.
+
+        Results are stored under ``(prefix, args, sorted kwargs)``, or ``(prefix, key(*args,
+        **kwargs))`` when ``key`` is given; ``prefix`` defaults to the function's
+        ``module.qualname``, so ``cache.invalidate(prefix)`` drops its results. Arguments must
+        be hashable (or reduced to a hashable by ``key``). A result larger than the budget is
+        returned without being cached. Two threads missing at once both call the function.
+        """
+        if ttl is not None:
+            _positive_seconds(ttl, "ttl")
+
+        def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+            name = prefix if prefix is not None else f"{fn.__module__}.{fn.__qualname__}"
+
+            @wraps(fn)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                if key is not None:
+                    k: Hashable = (name, key(*args, **kwargs))
+                else:
+                    k = (name, args, tuple(sorted(kwargs.items())) if kwargs else ())
+                try:
+                    value = self.get(k, _MISSING)
+                except TypeError as e:
+                    raise TypeError(
+                        f"{name}: cannot memoize a call with unhashable arguments ({e}); "
+                        "pass key= to build a hashable key from them"
+                    ) from None
+                if value is _MISSING:
+                    value = fn(*args, **kwargs)
+                    try:
+                        self.set(k, value, ttl=ttl)
+                    except CacheValueTooLarge as e:
+                        log.debug("%s", e)
+                return value
+
+            return wrapper
+
+        return decorate if func is None else decorate(func)
+
+    def attach(self, socket: str | None = None) -> None:
+        """Register with the coordinator (at ``socket``, default the configured one) so that an
+        eviction request calls :meth:`evict_fraction` with its fraction (else
+        ``pressure_fraction``) from the client's thread. Calling it again does nothing.
+
+        Raises what :func:`pmrun.client.register_cleanup` raises, e.g.
+        :class:`~pmrun.errors.CoordinatorUnavailable`.
+        """
+        with self._attach_lock:
+            if self._registration is not None:
+                return
+            from .client import register_cleanup
+
+            # The registration holds the cache weakly: a dropped cache is detached, not kept.
+            ref = weakref.ref(self)
+
+            def evict(fraction: float | None) -> object:
+                cache = ref()
+                return {"bytes": 0, "rss_drop": 0} if cache is None else cache._on_request(fraction)
+
+            def stats() -> dict[str, Any]:
+                cache = ref()
+                return {} if cache is None else cache.stats()
+
+            handle = register_cleanup(self.name, evict, stats=stats, socket=socket)
+            self._registration = weakref.finalize(self, _close_quietly, handle)
+
+    def detach(self) -> None:
+        """Unregister from the coordinator; does nothing if not attached."""
+        with self._attach_lock:
+            registration, self._registration = self._registration, None
+        if registration is not None:
+            registration()
+
+    def _on_request(self, fraction: float | None) -> dict[str, Any]:
+        try:
+            f = self._pressure_fraction if fraction is None else parse_fraction(fraction)
+        except SizeError:
+            f = self._pressure_fraction
+        report = self.evict_fraction(f, cause="pressure")
+        log.info(
+            "%s: dropped %d entries (%s) on the coordinator's request, RSS fell by %s",
+            self.name,
+            report.entries,
+            format_size(report.bytes_accounted),
+            format_size(report.rss_drop),
+        )
+        return report.as_dict()
+
+    # Helpers; the caller holds the lock.
+    def _expire(self, now: float) -> tuple[int, int]:
+        """Remove entries expired at ``now``: (how many, their bytes)."""
+        heap, data = self._expiry, self._data
+        n = freed = 0
+        while heap and heap[0][0] <= now:
+            _, seq, key = heapq.heappop(heap)
+            entry = data.get(key)
+            if entry is not None and entry[3] == seq:
+                del data[key]
+                freed += entry[1]
+                n += 1
+        if n:
+            self._bytes -= freed
+            self._count("ttl", n, freed)
+        return n, freed
+
+    def _make_room(self, size: int) -> None:
+        data = self._data
+        n = freed = 0
+        while data and (
+            self._bytes - freed + size > self._max_bytes or len(data) >= self._max_entries
+        ):
+            freed += data.popitem(last=False)[1][1]
+            n += 1
+        self._bytes -= freed
+        self._count("capacity", n, freed)
+
+    def _rebuild_expiry(self) -> None:
+        self._expiry = [(e[2], e[3], k) for k, e in self._data.items()]
+        heapq.heapify(self._expiry)
+
+    def _maybe_rebuild_expiry(self) -> None:
+        if len(self._expiry) > 2 * len(self._data) + 64:
+            self._rebuild_expiry()
+
+    def _count(self, cause: str, n: int, size: int) -> None:
+        self._evictions[cause] += n
+        self._evicted_bytes[cause] += size
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return (
+            f"<SharedPromptCache {self.name!r}: {len(self._data)} entries, "
+            f"{format_size(self._bytes)} of {format_size(self._max_bytes)}, {state}>"
+        )
+
+
+def _close_quietly(handle: Any) -> None:
+    try:
+        handle.close()
+    except Exception as e:  # at exit or in a finalizer: nothing useful to raise to
+        log.debug("closing the coordinator registration failed: %s", e)
+
+
+_instances: weakref.WeakSet[SharedPromptCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork time would stay held forever in the child, and
+    # the coordinator knows the parent, not the child: start over with fresh locks, detached.
+    SharedPromptCache._shared_lock = threading.Lock()
+    for cache in list(_instances):
+        cache._lock = threading.RLock()
+        cache._attach_lock = threading.Lock()
+        if cache._registration is not None:
+            cache._registration.detach()
+            cache._registration = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

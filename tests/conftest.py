@@ -1,0 +1,107 @@
+"""Shared fixtures: isolation from the user's setup, and a leak check on every test.
+
+Every test runs with its own ``PMRUN_TEST_TOKEN`` in the environment, which every
+process it starts inherits. At teardown, any live process still carrying the token
+is a leak: it is killed, and the test fails naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+PMRUN = str(VENV_BIN / "pmrun")
+PYTHON = sys.executable
+
+
+def _pids_with_token(token: str) -> list[int]:
+    needle = f"PMRUN_TEST_TOKEN={token}".encode()
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env and state != b"Z":
+            found.append(int(name))
+    return found
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
+    """Poll ``predicate`` until it is truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private runtime/config dir and a leak-check token for every test."""
+    token = uuid.uuid4().hex
+    # Short path: AF_UNIX socket paths are limited to 107 bytes.
+    runtime = Path(tempfile.mkdtemp(prefix="pmt", dir="/tmp"))
+    os.chmod(runtime, 0o700)
+    monkeypatch.setenv("PMRUN_TEST_TOKEN", token)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(runtime / "config"))
+    for var in [v for v in os.environ if v.startswith("PMRUN_") and v != "PMRUN_TEST_TOKEN"]:
+        monkeypatch.delenv(var)
+    yield runtime
+    leaked = _pids_with_token(token)
+    descriptions = []
+    for pid in leaked:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            descriptions.append(f"{pid}: {cmd}")
+        except OSError:
+            descriptions.append(str(pid))
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(runtime, ignore_errors=True)
+    if leaked:
+        pytest.fail("processes left behind: " + "; ".join(descriptions))
+
+
+@pytest.fixture
+def run_pmrun() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real ``pmrun`` command line; returns the completed process (text mode)."""
+
+    def run(*args: str, input: str | None = None, timeout: float = 60, **kw: object):  # type: ignore[no-untyped-def]
+        return subprocess.run(
+            [PMRUN, *args], input=input, capture_output=True, text=True, timeout=timeout, **kw
+        )
+
+    return run
