@@ -1,0 +1,93 @@
+"""The /proc reader: parsing on a fake tree, and the real tree of real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pmrun import _procfs
+
+
+def make_proc(tmp_path: Path) -> Path:
+    proc = tmp_path / "proc"
+    p = proc / "42"
+    (p / "task" / "42").mkdir(parents=True)
+    (p / "statm").write_text("2560 1024 100 1 0 500 0\n")
+    (p / "stat").write_text("42 (my (odd) name) S 1 42 42 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 777 0 0\n")
+    (p / "comm").write_text("my (odd) name\n")
+    (p / "task" / "42" / "children").write_text("43 44 ")
+    (p / "smaps_rollup").write_text(
+        "00400000-7ffc [rollup]\nRss: 4096 kB\nPss: 2048 kB\nPrivate_Clean: 100 kB\n"
+        "Private_Dirty: 900 kB\nSwap: 10 kB\n"
+    )
+    (proc / "meminfo").write_text("MemTotal: 1000 kB\nMemAvailable: 250 kB\nHugePages_Total: 0\n")
+    (proc / "pressure").mkdir()
+    (proc / "pressure" / "memory").write_text(
+        "some avg10=1.50 avg60=0.20 avg300=0.00 total=12345\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    )
+    return proc
+
+
+def test_parsing_a_fake_proc(tmp_path: Path) -> None:
+    proc = str(make_proc(tmp_path))
+    assert _procfs.statm(42, proc) == (2560 * _procfs.PAGE_SIZE, 1024 * _procfs.PAGE_SIZE)
+    fields = _procfs.stat(42, proc)
+    assert fields[1] == "my (odd) name" and fields[2] == "S" and fields[3] == "1"
+    assert _procfs.start_time(42, proc) == 777
+    assert _procfs.children(42, proc) == [43, 44]
+    assert _procfs.uss_pss(42, proc) == (1000 * 1024, 2048 * 1024, 10 * 1024)
+    assert _procfs.meminfo(proc)["MemAvailable"] == 250 * 1024
+    assert _procfs.meminfo(proc)["HugePages_Total"] == 0
+    psi = _procfs.memory_pressure(proc)
+    assert psi is not None and psi["some"].avg10 == 1.5 and psi["some"].total_us == 12345
+
+
+def test_vanished_process_is_process_gone(tmp_path: Path) -> None:
+    proc = str(make_proc(tmp_path))
+    with pytest.raises(_procfs.ProcessGone):
+        _procfs.statm(99, proc)
+    with pytest.raises(_procfs.ProcessGone):
+        _procfs.children(99, proc)
+    assert _procfs.memory_pressure(str(tmp_path)) is None
+
+
+def test_real_tree_is_found() -> None:
+    # A parent with two children, one of them with a grandchild.
+    script = (
+        "import subprocess, sys, time\n"
+        "a = subprocess.Popen([sys.executable, '-c', 'import subprocess,sys,time; "
+        "p=subprocess.Popen([\"sleep\",\"30\"]); print(p.pid, flush=True); time.sleep(30)'],"
+        " stdout=subprocess.PIPE, text=True)\n"
+        "b = subprocess.Popen(['sleep', '30'])\n"
+        "g = a.stdout.readline().strip()\n"
+        "print(a.pid, b.pid, g, flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        a, b, g = (int(x) for x in p.stdout.readline().split())
+        tree = _procfs.descendants([p.pid])
+        assert tree[0] == p.pid
+        assert {a, b, g} <= set(tree)
+        assert tree.index(a) < tree.index(g)  # parents before children
+        vsz, rss = _procfs.statm(p.pid)
+        assert vsz > rss > 0
+    finally:
+        for pid in _procfs.descendants([p.pid])[::-1]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        p.wait()
+        # Reap nothing else: the grandchildren were children of a and are reaped by init/a's death.
+
+
+def test_real_meminfo_and_self() -> None:
+    info = _procfs.meminfo()
+    assert info["MemTotal"] > info["MemAvailable"] > 0
+    assert _procfs.comm(os.getpid()).startswith(("python", "pytest"))
