@@ -39,7 +39,7 @@ def _pids_with_token(token: str) -> list[int]:
                 state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if needle in env and state != b"Z":
+        if needle in env and state not in (b"Z", b"X"):
             found.append(int(name))
     return found
 
@@ -77,7 +77,12 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for var in [v for v in os.environ if v.startswith("PMRUN_") and v != "PMRUN_TEST_TOKEN"]:
         monkeypatch.delenv(var)
     yield runtime
+    # A process killed just before teardown may still be exiting: give it a moment.
+    deadline = time.monotonic() + 3
     leaked = _pids_with_token(token)
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.02)
+        leaked = _pids_with_token(token)
     descriptions = []
     for pid in leaked:
         try:
