@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,16 +15,7 @@ from pmrun.cli.project import display_value
 from pmrun.errors import ConfigError, ExitCode
 from pmrun.init import toml_value
 
-PMRUN = Path(sys.executable).parent / "pmrun"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("PMRUN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
 
 
 @pytest.fixture
@@ -38,8 +27,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
-def user_file(tmp_path: Path) -> Path:
-    return tmp_path / "xdg" / "pmrun" / "config.toml"
+def user_file() -> Path:
+    """The user config file, under the private XDG_CONFIG_HOME that conftest gives each test."""
+    return Path(os.environ["XDG_CONFIG_HOME"]) / "pmrun" / "config.toml"
 
 
 def write(path: Path, text: str) -> Path:
@@ -76,27 +66,31 @@ LAYERS = ["flag", "env", "project", "user", "default"]
 
 
 @pytest.mark.parametrize("top", LAYERS)
-def test_each_layer_beats_the_ones_below(tmp_path: Path, project: Path, top: str) -> None:
+def test_each_layer_beats_the_ones_below(project: Path, top: str) -> None:
     present = LAYERS[LAYERS.index(top) :]
     if "user" in present:
-        write(user_file(tmp_path), '[agent]\nmax-rss = "100M"\n')
+        write(user_file(), '[agent]\nmax-rss = "100M"\n')
     if "project" in present:
         write(project / "pmrun.toml", '[agent]\nmax-rss = "200M"\n')
     env = {"PMRUN_MAX_RSS": "300M"} if "env" in present else {}
     flags = {"agent.max-rss": "400M"} if "flag" in present else {}
-    cfg = config.load(flags, env={**env, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}, cwd=project)
+    xdg = {"XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]}
+    cfg = config.load(flags, env={**env, **xdg}, cwd=project)
     expected = {
         "flag": (400 << 20, "flag"),
         "env": (300 << 20, "env PMRUN_MAX_RSS"),
         "project": (200 << 20, f"project {project / 'pmrun.toml'}"),
-        "user": (100 << 20, f"user {user_file(tmp_path)}"),
+        "user": (100 << 20, f"user {user_file()}"),
         "default": (1 << 30, "default"),
     }[top]
     assert (cfg["agent.max-rss"], cfg.source("agent.max-rss")) == expected
 
 
 def test_tool_pmrun_in_pyproject_is_project_config(project: Path) -> None:
-    write(project / "pyproject.toml", '[project]\nname = "app"\n\n[tool.pmrun.coordinator]\npool = "8G"\n')
+    write(
+        project / "pyproject.toml",
+        '[project]\nname = "app"\n\n[tool.pmrun.coordinator]\npool = "8G"\n',
+    )
     cfg = load(project)
     assert cfg["coordinator.pool"] == 8 << 30
     assert cfg.source("coordinator.pool") == f"project {project / 'pyproject.toml'}"
@@ -120,13 +114,13 @@ def test_nearest_parent_config_is_found(project: Path) -> None:
     assert cfg.source("cache.ttl") == f"project {project / 'pmrun.toml'}"
 
 
-def test_project_and_user_files_merge_by_setting(tmp_path: Path, project: Path) -> None:
-    write(user_file(tmp_path), '[agent]\nmax-rss = "2G"\nwarn-rss = "1G"\n')
+def test_project_and_user_files_merge_by_setting(project: Path) -> None:
+    write(user_file(), '[agent]\nmax-rss = "2G"\nwarn-rss = "1G"\n')
     write(project / "pmrun.toml", '[agent]\nmax-rss = "3G"\n')
     cfg = load(project)
     assert cfg.source("agent.max-rss").startswith("project ")
     assert cfg.source("agent.warn-rss").startswith("user ")
-    assert cfg.files == [project / "pmrun.toml", user_file(tmp_path)]
+    assert cfg.files == [project / "pmrun.toml", user_file()]
 
 
 def test_empty_environment_variable_is_unset(project: Path) -> None:
@@ -160,9 +154,9 @@ def test_bad_environment_value_names_the_variable(project: Path) -> None:
 # pmrun config
 
 
-def _layered(tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _layered(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One setting from each layer."""
-    write(user_file(tmp_path), "[cache]\nttl = 60\n")
+    write(user_file(), "[cache]\nttl = 60\n")
     write(project / "pmrun.toml", '[coordinator]\npool = "6G"\n')
     monkeypatch.setenv("PMRUN_WARN_RSS", "700M")
 
@@ -176,35 +170,31 @@ EXPECTED_SOURCES = {
 }
 
 
-def test_config_json_shows_each_source(
-    tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _layered(tmp_path, project, monkeypatch)
+def test_config_json_shows_each_source(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _layered(project, monkeypatch)
     result = pmrun_config("--json", "--set", "agent.max-rss=3G")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["files"] == [str(project / "pmrun.toml"), str(user_file(tmp_path))]
+    assert doc["files"] == [str(project / "pmrun.toml"), str(user_file())]
     for name, (source, value, shown) in EXPECTED_SOURCES.items():
         entry = doc["settings"][name]
-        assert entry["source"] == source.format(project=project, user=user_file(tmp_path))
+        assert entry["source"] == source.format(project=project, user=user_file())
         assert (entry["value"], entry["display"]) == (value, shown)
     assert set(doc["settings"]) == set(config.BY_NAME)
     assert doc["settings"]["agent.max-as"]["env"] == "PMRUN_MAX_AS"
 
 
-def test_config_table_shows_each_source(
-    tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _layered(tmp_path, project, monkeypatch)
+def test_config_table_shows_each_source(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _layered(project, monkeypatch)
     result = pmrun_config("--set", "agent.max-rss=3G")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == f"project file: {project / 'pmrun.toml'}"
-    assert lines[1] == f"user file:    {user_file(tmp_path)}"
+    assert lines[1] == f"user file:    {user_file()}"
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in lines[3:]}
     assert rows["SETTING"] == ["VALUE", "SOURCE"]
     for name, (source, _, shown) in EXPECTED_SOURCES.items():
-        assert rows[name] == [shown, source.format(project=project, user=user_file(tmp_path))]
+        assert rows[name] == [shown, source.format(project=project, user=user_file())]
     assert len(rows) == len(config.SETTINGS) + 1
 
 
@@ -218,14 +208,30 @@ def test_config_without_files(project: Path) -> None:
 @pytest.mark.parametrize(
     "args, env, message",
     [
-        ([], {"PMRUN_MAX_RSS": "huge"}, "pmrun: error: environment PMRUN_MAX_RSS: agent.max-rss: invalid size 'huge'"),
+        (
+            [],
+            {"PMRUN_MAX_RSS": "huge"},
+            "pmrun: error: environment PMRUN_MAX_RSS: agent.max-rss: invalid size 'huge'",
+        ),
         (["--set", "agent.max-rss=huge"], {}, "pmrun: error: --max-rss: invalid size 'huge'"),
-        (["--set", "agent.nope=1"], {}, "pmrun: error: --set 'agent.nope=1': expected SETTING=VALUE"),
-        (["--set", "agent.max-rss"], {}, "pmrun: error: --set 'agent.max-rss': expected SETTING=VALUE"),
+        (
+            ["--set", "agent.nope=1"],
+            {},
+            "pmrun: error: --set 'agent.nope=1': expected SETTING=VALUE",
+        ),
+        (
+            ["--set", "agent.max-rss"],
+            {},
+            "pmrun: error: --set 'agent.max-rss': expected SETTING=VALUE",
+        ),
     ],
 )
 def test_config_errors_are_one_line(
-    project: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], env: dict[str, str], message: str
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    message: str,
 ) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -246,13 +252,10 @@ def test_display_value() -> None:
     assert display_value(by["agent.backend"], "cgroup") == "cgroup"
 
 
-def test_real_cli_config(tmp_path: Path, project: Path) -> None:
+def test_real_cli_config(project: Path, monkeypatch: pytest.MonkeyPatch, run_pmrun) -> None:
     write(project / "pyproject.toml", '[tool.pmrun.agent]\nmax-rss = "2G"\n')
-    env = {**os.environ, "PMRUN_POOL": "5G"}
-    proc = subprocess.run(
-        [str(PMRUN), "config", "--json"], cwd=project, env=env, capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
+    monkeypatch.setenv("PMRUN_POOL", "5G")
+    proc = run_pmrun("config", "--json")
     assert proc.returncode == 0, proc.stderr
     settings = json.loads(proc.stdout)["settings"]
     assert settings["agent.max-rss"]["source"] == f"project {project / 'pyproject.toml'}"
@@ -260,9 +263,7 @@ def test_real_cli_config(tmp_path: Path, project: Path) -> None:
     assert settings["cache.ttl"]["source"] == "default"
     # A broken file: one line, exit 2, no traceback.
     write(project / "pyproject.toml", "[tool.pmrun.agent\n")
-    proc = subprocess.run(
-        [str(PMRUN), "config"], cwd=project, env=env, capture_output=True, text=True, timeout=60
-    )
+    proc = run_pmrun("config")
     assert proc.returncode == ExitCode.USAGE
     assert proc.stdout == ""
     assert proc.stderr.startswith(f"pmrun: error: {project / 'pyproject.toml'}: not valid TOML")

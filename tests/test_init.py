@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -30,27 +28,12 @@ from pmrun.init import (
     update_claude_md,
 )
 
-PMRUN = Path(sys.executable).parent / "pmrun"
 SECTION = section_template().encode()
 USER_TEXT = b"# My project\n\nRules the team wrote. Keep them.\n"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("PMRUN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-
-
 def init(*args: str) -> Result:
     return CliRunner().invoke(cli, ["init", *args])
-
-
-def init_real(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(PMRUN), "init", *args], cwd=cwd, capture_output=True, text=True, timeout=60
-    )
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -152,7 +135,9 @@ def _ordinary_project(d: Path) -> None:
     write(d / "tests/__init__.py", "")
     write(d / "src/myapp/__init__.py", "")
     write(d / ".github/workflows/ci.yml", "on: push\n")
-    write(d / "pyproject.toml", '[project]\nname = "myapp"\ndependencies = ["claude-multiagent-pm"]\n')
+    write(
+        d / "pyproject.toml", '[project]\nname = "myapp"\ndependencies = ["claude-multiagent-pm"]\n'
+    )
 
 
 NOT_MARKERS: dict[str, Callable[[Path], object]] = {
@@ -210,7 +195,11 @@ MALFORMED = {
     "pyproject.toml": ("pyproject.toml", b'[project\nname = "x"\n', "not valid TOML"),
     "pyproject.toml not UTF-8": ("pyproject.toml", b'[project]\nname = "\xff"\n', "not valid TOML"),
     "package.json": ("package.json", b'{"name": "claude-multiagent-pm",', "not valid JSON"),
-    "package.json not an object": ("package.json", b'["claude-multiagent-pm"]', "not a JSON object"),
+    "package.json not an object": (
+        "package.json",
+        b'["claude-multiagent-pm"]',
+        "not a JSON object",
+    ),
 }
 
 
@@ -465,7 +454,9 @@ def test_existing_config_is_kept_unless_forced(tmp_path: Path) -> None:
 
 
 def test_tool_pmrun_in_pyproject_is_not_shadowed(tmp_path: Path) -> None:
-    write(tmp_path / "pyproject.toml", '[project]\nname = "app"\n[tool.pmrun.agent]\nmax-rss = "3G"\n')
+    write(
+        tmp_path / "pyproject.toml", '[project]\nname = "app"\n[tool.pmrun.agent]\nmax-rss = "3G"\n'
+    )
     for args in ([str(tmp_path)], ["--force", str(tmp_path)]):
         result = init(*args)
         assert result.exit_code == 0
@@ -528,7 +519,9 @@ def test_unwritable_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(os, "replace", refuse)
     result = init(str(tmp_path))
     assert result.exit_code == ExitCode.FAILURE
-    assert result.stderr == f"pmrun: error: cannot write {tmp_path / 'CLAUDE.md'}: Permission denied\n"
+    assert (
+        result.stderr == f"pmrun: error: cannot write {tmp_path / 'CLAUDE.md'}: Permission denied\n"
+    )
     assert (tmp_path / "CLAUDE.md").read_bytes() == USER_TEXT
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CLAUDE.md", "pmrun.toml"]  # no temp left
 
@@ -547,30 +540,30 @@ def test_plan_reports_parent_config(tmp_path: Path) -> None:
 # The real executable
 
 
-def test_real_cli_fresh_then_idempotent(tmp_path: Path) -> None:
+def test_real_cli_fresh_then_idempotent(tmp_path: Path, run_pmrun) -> None:
     write(tmp_path / "CLAUDE.md", USER_TEXT)
-    first = init_real(cwd=tmp_path)
+    first = run_pmrun("init", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     after = snapshot(tmp_path)
     assert after["CLAUDE.md"] == USER_TEXT + b"\n" + SECTION + b"\n"
-    second = init_real(".", cwd=tmp_path)
+    second = run_pmrun("init", ".", cwd=tmp_path)
     assert second.returncode == 0 and second.stderr == ""
     assert snapshot(tmp_path) == after
 
 
-def test_real_cli_protected_tree(tmp_path: Path) -> None:
+def test_real_cli_protected_tree(tmp_path: Path, run_pmrun) -> None:
     original = b"FRAMEWORK DEVELOPERS ONLY\r\nno newline"
     write(tmp_path / "CLAUDE.md", original)
     MARKERS["package.json scoped name"][0](tmp_path)
-    proc = init_real(str(tmp_path), cwd=tmp_path)
+    proc = run_pmrun("init", str(tmp_path))
     assert proc.returncode == ExitCode.PROTECTED
     assert (tmp_path / "CLAUDE.md").read_bytes() == original
     assert "package.json: name is '@bobmatnyc/claude-multiagent-pm'" in proc.stdout
     assert "--force" in proc.stdout
 
 
-def test_real_cli_errors_are_one_line(tmp_path: Path) -> None:
-    proc = init_real(str(tmp_path / "missing"), cwd=tmp_path)
+def test_real_cli_errors_are_one_line(tmp_path: Path, run_pmrun) -> None:
+    proc = run_pmrun("init", str(tmp_path / "missing"))
     assert proc.returncode == ExitCode.USAGE
     assert proc.stderr == f"pmrun: error: {tmp_path / 'missing'}: no such directory\n"
     if os.geteuid() == 0:
@@ -578,6 +571,9 @@ def test_real_cli_errors_are_one_line(tmp_path: Path) -> None:
     else:
         unwritable = tmp_path / "ro"
         unwritable.mkdir(mode=0o555)
-    proc = init_real(str(unwritable), cwd=tmp_path)
+    proc = run_pmrun("init", str(unwritable))
     assert proc.returncode == ExitCode.FAILURE
-    assert proc.stderr == f"pmrun: error: cannot write {unwritable / 'pmrun.toml'}: Permission denied\n"
+    assert (
+        proc.stderr
+        == f"pmrun: error: cannot write {unwritable / 'pmrun.toml'}: Permission denied\n"
+    )

@@ -313,7 +313,7 @@ def test_terminal_is_passed_through_untouched() -> None:
     try:
         out = b""
         deadline = time.monotonic() + 15
-        while b"tty" not in out and time.monotonic() < deadline:
+        while b"tty True True" not in out and time.monotonic() < deadline:
             if select.select([fd], [], [], 0.1)[0]:
                 out += os.read(fd, 1024)
         os.write(fd, b"typed\n")
@@ -348,3 +348,21 @@ def test_python_api_launch(tmp_path: Path) -> None:
     out, _ = ok.communicate(timeout=30)
     assert (ok.returncode, out) == (0, "fine\n")
     assert ok.report is not None and ok.report["reason"] == "exit"
+
+
+@pytest.mark.parametrize("backend", ["sampling"])
+def test_sigkill_of_pmrun_leaves_no_daemon_behind(tmp_path: Path, backend: str) -> None:
+    """The keeper kills the whole tree, double-forked setsid daemon included."""
+    pidfile = tmp_path / "daemon.pid"
+    p = subprocess.Popen([PMRUN, "--no-coordinator", "--backend", backend, "--", PYTHON, "-c",
+                          DAEMON, str(pidfile), "1", "60"])
+    try:
+        wait_for(pidfile.exists)
+        daemon = int(pidfile.read_text())
+        assert pid_alive(daemon)
+        p.kill()
+        p.wait()
+        wait_for(lambda: not pid_alive(daemon), timeout=5)
+    finally:
+        p.kill()
+        p.wait()

@@ -10,7 +10,7 @@ The public API, imported lazily so that ``pmrun -- cmd`` pays only for what it u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not `from typing import`: every agent start imports this module
 
 __all__ = ["launch", "Agent", "SharedPromptCache", "register_cleanup", "parse_size", "PmrunError"]
 __version__ = "0.1.0"
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sizes import parse_size
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pmrun' has no attribute {name!r}")

@@ -45,6 +45,7 @@ def spawn(
     max_as: int | None,
     pdeathsig: int = signal.SIGKILL,
     prepare: Callable[[], None] | None = None,
+    executable: str | None = None,
 ) -> int:
     """Start ``argv`` and return its pid once exec has succeeded.
 
@@ -52,7 +53,7 @@ def spawn(
     """
     import prctl
 
-    executable = resolve(argv[0], env.get("PATH"))
+    executable = executable or resolve(argv[0], env.get("PATH"))
     env_list = {k: v for k, v in env.items()}
     parent = os.getpid()
     r, w = os.pipe2(os.O_CLOEXEC)
@@ -91,5 +92,9 @@ def spawn(
             raise CommandNotFound(f"{argv[0]}: command not found")
         if code in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR):
             raise CommandNotExecutable(f"{argv[0]}: cannot execute ({os.strerror(code)})")
+        if code == errno.ENOMEM and max_as is not None:
+            raise CommandNotExecutable(
+                f"{argv[0]}: cannot start: out of memory under --max-as {max_as >> 20}M; raise it or set it to off"
+            )
         raise CommandNotExecutable(f"{argv[0]}: cannot start: {message}")
     return pid

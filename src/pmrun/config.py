@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, PmrunError
 from .sizes import parse_fraction, parse_optional_size, parse_size
+
+if TYPE_CHECKING:
+    from pathlib import Path  # imported at run time only when a config file exists
 
 
 def _parse_float(v: Any) -> float:
@@ -163,10 +165,15 @@ class Config(Mapping[str, Any]):
         return self._values[name].source
 
 
-def user_config_path(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
+def _user_config_file(env: Mapping[str, str]) -> str:
     base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "~"), ".config")
-    return Path(os.path.expanduser(base)) / "pmrun" / "config.toml"
+    return os.path.join(os.path.expanduser(base), "pmrun", "config.toml")
+
+
+def user_config_path(env: Mapping[str, str] | None = None) -> Path:
+    from pathlib import Path
+
+    return Path(_user_config_file(os.environ if env is None else env))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -181,24 +188,33 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def find_project_config(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+def find_project_config(start: Path | str | None = None) -> tuple[Path, dict[str, Any]] | None:
     """Return the nearest project config (path, tables) from ``start`` upwards, if any."""
-    d = (start or Path.cwd()).resolve()
-    for folder in (d, *d.parents):
-        candidate = folder / "pmrun.toml"
-        if candidate.is_file():
-            return candidate, _read_toml(candidate)
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file():
+    folder = os.path.realpath(start if start is not None else os.getcwd())
+    while True:
+        candidate = os.path.join(folder, "pmrun.toml")
+        if os.path.isfile(candidate):
+            return _path(candidate), _read_toml(_path(candidate))
+        pyproject = os.path.join(folder, "pyproject.toml")
+        if os.path.isfile(pyproject):
             # Only stop at a pyproject.toml that configures pmrun: a project may
             # keep pmrun.toml beside a pyproject that does not mention it.
             with open(pyproject, "rb") as f:
                 head = f.read()
             if b"tool.pmrun" in head:
-                tool = _read_toml(pyproject).get("tool", {})
+                tool = _read_toml(_path(pyproject)).get("tool", {})
                 if isinstance(tool, dict) and isinstance(tool.get("pmrun"), dict):
-                    return pyproject, tool["pmrun"]
-    return None
+                    return _path(pyproject), tool["pmrun"]
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def _path(p: str) -> Path:
+    from pathlib import Path
+
+    return Path(p)
 
 
 def _parse_value(setting: Setting, raw: Any, where: str) -> Any:
@@ -238,10 +254,11 @@ def load(
     files: list[Path] = []
     for s in SETTINGS:
         values[s.name] = Value(_parse_value(s, s.default, "default"), "default")
-    upath = user_path if user_path is not None else user_config_path(env)
-    if upath.is_file():
-        values.update(_file_values(upath, _read_toml(upath), "user"))
-        files.append(upath)
+    upath = str(user_path) if user_path is not None else _user_config_file(env)
+    if os.path.isfile(upath):
+        user_file = _path(upath)
+        values.update(_file_values(user_file, _read_toml(user_file), "user"))
+        files.append(user_file)
     project = find_project_config(cwd)
     if project is not None:
         values.update(_file_values(project[0], project[1], "project"))

@@ -10,14 +10,14 @@ a signal, a sample and a reap.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import _procfs, _spawn, policy
+from . import _procfs, policy
+from ._keeper import COMMAND_ENDED, Keeper
 from .backends import Backend, Sample, select
 from .errors import ExitCode, PmrunError, UsageError
 from .report import ExitReport, Limits, TopProcess, write_report
@@ -36,7 +36,7 @@ FORWARDED = (
 )
 # The coordinator link thread wakes the main thread with this (never forwarded).
 WAKE = signal.SIGRTMIN + 3
-WAITED = frozenset((*FORWARDED, signal.SIGCHLD, WAKE))
+WAITED = frozenset((*FORWARDED, signal.SIGCHLD, WAKE, COMMAND_ENDED))
 # si_code > 0 means the kernel sent it (e.g. the terminal's ^C to the foreground
 # process group, which the command is in too): forwarding it would deliver it twice.
 _SI_KERNEL_MIN = 1
@@ -60,7 +60,7 @@ class LaunchSettings:
 
 def agent_name(argv: list[str]) -> str:
     base = os.path.basename(argv[0]) or "agent"
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", base)[:64]
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in base)[:64]
 
 
 def validate(argv: list[str], settings: LaunchSettings) -> None:
@@ -90,7 +90,8 @@ class Launcher:
         self.agent_id = f"{self.settings.name}.{os.getpid()}"
         self._order: tuple[str, dict[str, Any]] | None = None  # stop ordered by the coordinator
         self._child_status: int | None = None
-        self._child_rusage: Any = None
+        self._keeper = Keeper()
+        self._keeper_done = False  # the keeper exited: no process of the tree is left
         self._pid = 0
         self._pidfd: int | None = None
         self._main_thread = threading.get_ident()
@@ -103,17 +104,22 @@ class Launcher:
         os.write(2, f"pmrun: {text}\n".encode(errors="replace"))
 
     def _reap(self) -> None:
-        """Reap every exited child; remember the command's own status and rusage."""
+        """Reap our exited children (the keeper); pick up the command's status from it."""
         while True:
             try:
-                pid, status, rusage = os.wait4(-1, os.WNOHANG)
+                pid, _, _ = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                self._keeper_done = True
+                break
             if pid == 0:
-                return
-            if pid == self._pid:
-                self._child_status = status
-                self._child_rusage = rusage
+                break
+            if pid == self._keeper.pid:
+                self._keeper_done = True
+        if self._child_status is None:
+            self._child_status = self._keeper.poll_status()
+        if self._keeper_done and self._child_status is None:
+            # The keeper died without a status (killed from outside): the tree is gone.
+            self._child_status = signal.SIGKILL
 
     def _on_stop_order(self, reason: str, detail: dict[str, Any]) -> None:
         """Called from the coordinator link thread: stop this agent (pool or system pressure)."""
@@ -210,7 +216,7 @@ class Launcher:
             env["PMRUN_TRACEMALLOC"] = "1"
         start_wall = time.time()
         try:
-            self._pid = _spawn.spawn(self.argv, env, max_as=lim.max_as, prepare=backend.prepare_child)
+            self._pid = self._keeper.start(self.argv, env, max_as=lim.max_as, prepare=backend.prepare_child)
         except BaseException:
             backend.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -219,6 +225,7 @@ class Launcher:
             self._pidfd = os.pidfd_open(self._pid)
         except (OSError, AttributeError):  # pragma: no cover - kernels before 5.3
             self._pidfd = None
+        backend.keeper_pid = self._keeper.pid
         backend.started(self._pid)
         if self.settings.record_path:
             from .recording import Recorder
@@ -239,6 +246,7 @@ class Launcher:
             report = self._supervise(backend, start_wall)
         finally:
             backend.close()
+            self._keeper.close()
             if self._pidfd is not None:
                 os.close(self._pidfd)
         if self._link is not None:
@@ -314,8 +322,9 @@ class Launcher:
             # The command is gone but left processes behind (daemons, workers):
             # nothing of the tree outlives pmrun.
             self._stop_tree(backend, watch)
-        # Wait for the command itself (it may still be exiting) and reap everything.
-        while self._child_status is None:
+        # Wait for the command itself (it may still be exiting), then for the keeper,
+        # which exits once it has reaped the last process of the tree.
+        while self._child_status is None or not self._keeper_done:
             self._wait(0.05)
         end_wall = time.time()
         status = self._child_status
@@ -333,7 +342,7 @@ class Launcher:
                 reason = "signal"
         if reason in ("max-rss", "pool", "system-pressure"):
             exit_status = ExitCode.MEMORY_LIMIT
-        ru = self._child_rusage
+        maxrss_kib = self._keeper.command_maxrss_kib
         report = ExitReport(
             command=self.argv,
             name=self.settings.name,
@@ -350,7 +359,7 @@ class Launcher:
             limits=lim,
             samples=samples,
             biggest_at_peak=biggest,
-            ru_maxrss_bytes=ru.ru_maxrss * 1024 if ru is not None else None,
+            ru_maxrss_bytes=maxrss_kib * 1024 if maxrss_kib is not None else None,
             backend=backend.describe(),
             kernel_peak_bytes=backend.kernel_peak_bytes(),
             kernel_oom_kills=oom_kills,

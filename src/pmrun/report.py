@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -60,6 +59,8 @@ class ExitReport:
         return asdict(self)
 
     def to_json(self) -> str:
+        import json
+
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 

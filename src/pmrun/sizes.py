@@ -59,7 +59,10 @@ def parse_size(text: str | int | float) -> int:
         raise SizeError(f"invalid size {shown}: must be zero or more")
     if value in (float("inf"),):
         raise SizeError(f"invalid size {shown}: must be finite")
-    result = value * _UNITS[unit]
+    if isinstance(text, str) and number.isdigit():
+        result: float | int = int(number) * _UNITS[unit]  # exact for whole numbers
+    else:
+        result = value * _UNITS[unit]
     if result > MAX_SIZE:
         raise SizeError(f"invalid size {shown}: larger than {format_size(MAX_SIZE)}")
     return int(result)

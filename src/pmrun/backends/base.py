@@ -28,12 +28,14 @@ class Sample:
 class Backend(abc.ABC):
     """Counts an agent's memory and stops its whole tree.
 
-    The launcher is the agent's parent, a child subreaper, and reaps every zombie;
-    backends never wait for processes, they call ``reap`` to let the launcher do it.
+    The tree hangs under the launcher's keeper process (see ``pmrun._keeper``), a
+    child subreaper that reaps every zombie; backends never wait for processes, they
+    call ``reap`` to let the launcher catch up.
     """
 
     name: str  # "sampling", "cgroup-v1" or "cgroup-v2"
     reason: str  # why this backend was chosen, for the report and `pmrun status`
+    keeper_pid: int | None = None  # the process the agent's tree hangs under (set by the launcher)
 
     def prepare_child(self) -> None:
         """Run in the forked child just before exec (e.g. join the group).

@@ -1,8 +1,8 @@
 """The fallback that works everywhere: walk the tree under the launcher and sum RSS.
 
-The launcher is a child subreaper, so every descendant, however it forked or
-setsid'd, is under it: either below the command or reparented to the launcher.
-The tree is therefore "every descendant of the launcher".
+The keeper (see ``pmrun._keeper``) is a child subreaper, so every descendant,
+however it forked or setsid'd, is under it: either below the command or reparented
+to the keeper. The tree is therefore "every descendant of the keeper".
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ from .base import Backend, ProcSample, Sample
 class SamplingBackend(Backend):
     name = "sampling"
 
-    def __init__(self, reason: str, *, exclude: set[int] | None = None) -> None:
+    def __init__(self, reason: str) -> None:
         self.reason = reason
-        self._self = os.getpid()
-        self._exclude = exclude or set()  # children of the launcher that are not the agent's
+
+    @property
+    def _root(self) -> int:
+        return self.keeper_pid if self.keeper_pid is not None else os.getpid()
 
     def pids(self) -> list[int]:
-        roots = [p for p in _procfs.children(self._self) if p not in self._exclude]
-        return _procfs.descendants(roots)
+        try:
+            return _procfs.descendants(_procfs.children(self._root))
+        except _procfs.ProcessGone:
+            return []  # the keeper has exited: nothing is left
 
     def sample(self) -> Sample:
         procs: list[ProcSample] = []
@@ -42,7 +46,7 @@ class SamplingBackend(Backend):
 
     def _tree(self) -> tuple[list[int], set[int]]:
         pids = self.pids()
-        return pids, {self._self, *pids}
+        return pids, {self._root, *pids}
 
     def signal_all(self, sig: int) -> int:
         """Send ``sig`` to every process of the tree; returns how many were signalled."""

@@ -12,7 +12,7 @@ import sys
 # Subcommand name -> "module:attribute"; loaded on demand so `pmrun status` does not
 # import matplotlib and `pmrun -- cmd` imports none of them.
 COMMANDS: dict[str, str] = {
-    "run": "pmrun.cli.run:run_command",
+    "run": "pmrun.cli.run_help:run_command",
     "coordinator": "pmrun.cli.coordinator:coordinator_command",
     "cleanup": "pmrun.cli.coordinator:cleanup_command",
     "status": "pmrun.cli.diag:status_command",

@@ -43,6 +43,7 @@ _VERBS = {  # outcome -> (done, --dry-run)
     "update": ("updated", "would update"),
     "unchanged": ("unchanged", "unchanged"),
     "kept": ("kept", "would keep"),
+    "skipped": ("not written", "would not write"),
     "protected": ("left alone", "would leave alone"),
 }
 
@@ -165,8 +166,9 @@ def config_command(as_json: bool, sets: tuple[str, ...]) -> None:
     click.echo(f"user file:    {user_path}{user_state}")
     click.echo("")
     rows = [("SETTING", "VALUE", "SOURCE")]
-    rows += [(s.name, display_value(s, cfg[s.name]), cfg.source(s.name)) for s in config_mod.SETTINGS]
+    rows += [
+        (s.name, display_value(s, cfg[s.name]), cfg.source(s.name)) for s in config_mod.SETTINGS
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     for name, value, source in rows:
         click.echo(f"{name:<{widths[0]}}  {value:<{widths[1]}}  {source}".rstrip())
-

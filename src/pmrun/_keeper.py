@@ -1,0 +1,202 @@
+"""The keeper: a small process between the launcher and the command.
+
+Why it exists: a launcher killed with SIGKILL cannot clean up, and the command's
+parent-death signal only reaches the command itself; a double-forked daemon would
+then outlive pmrun. So the launcher forks a keeper (no exec, so it costs a fork,
+not an interpreter start) that is the child subreaper and the command's parent.
+The keeper's own parent-death signal is catchable: when the launcher dies, the keeper
+kills every process below it and exits. When the command ends, the keeper tells the
+launcher its wait status, keeps reaping what the launcher stops, and exits when it
+has no children left; its exit therefore means "the tree is empty".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+from collections.abc import Callable, Mapping
+
+from . import _procfs, _signals
+
+# Sent by the kernel to the keeper when the launcher dies.
+PARENT_DIED = signal.SIGRTMIN + 4
+# Sent by the keeper to the launcher when the command's status is in the pipe.
+COMMAND_ENDED = signal.SIGRTMIN + 5
+
+# Messages on the status pipe: kind (b"P" pid, b"S" status, b"E" exec error), then fields.
+_PID = struct.Struct("=ci")
+_STATUS = struct.Struct("=ciiq")  # kind, pid, wait status, ru_maxrss in KiB
+
+
+def kill_below(root: int) -> None:
+    """SIGSTOP then SIGKILL every descendant of ``root`` until none is left alive."""
+    while True:
+        stopped: set[int] = set()
+        for _ in range(100):
+            pids = _procfs.descendants(_procfs.children(root))
+            new = [p for p in pids if p not in stopped]
+            if not new:
+                break
+            parents = {root, *pids}
+            for p in new:
+                _signals.send(p, signal.SIGSTOP, parents=parents)
+                stopped.add(p)
+        pids = _procfs.descendants(_procfs.children(root))
+        live = [p for p in pids if _state(p) not in ("Z", "X", "")]
+        if not live:
+            return
+        parents = {root, *pids}
+        for p in live:
+            _signals.send(p, signal.SIGKILL, parents=parents)
+        _reap_all()
+
+
+def _state(pid: int) -> str:
+    try:
+        return _procfs.stat(pid)[2]
+    except _procfs.ProcessGone:
+        return ""
+
+
+def _reap_all() -> tuple[list[tuple[int, int, int]], bool]:
+    """Reap every exited child: ([(pid, status, ru_maxrss KiB)], whether any child is left)."""
+    out = []
+    while True:
+        try:
+            pid, status, ru = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return out, False
+        if pid == 0:
+            return out, True
+        out.append((pid, status, ru.ru_maxrss))
+
+
+def run_keeper(
+    spawn: Callable[[], int],
+    launcher: int,
+    status_w: int,
+) -> None:
+    """Body of the keeper process; never returns (``os._exit``)."""
+    import prctl
+
+    code = 0
+    try:
+        prctl.set_child_subreaper(1)
+        prctl.set_pdeathsig(PARENT_DIED)
+        waited = {signal.SIGCHLD, PARENT_DIED}
+        signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+        if os.getppid() != launcher:  # the launcher died before prctl took effect
+            os._exit(1)
+        try:
+            pid = spawn()
+        except BaseException as e:  # exec failed: hand the error to the launcher
+            from .errors import PmrunError
+
+            text = f"{getattr(e, 'exit_code', 1)}:{e if isinstance(e, PmrunError) else repr(e)}"
+            os.write(status_w, b"E" + text.encode(errors="replace")[:4000])
+            os._exit(0)
+        os.write(status_w, _PID.pack(b"P", pid))
+        command_done = False
+        while True:
+            info = signal.sigwaitinfo(waited)
+            if info.si_signo == PARENT_DIED:
+                kill_below(os.getpid())
+                os._exit(1)
+            reaped, any_left = _reap_all()
+            for child, status, maxrss in reaped:
+                if child == pid:
+                    os.write(status_w, _STATUS.pack(b"S", pid, status, maxrss))
+                    _signals.send(launcher, COMMAND_ENDED)
+                    command_done = True
+            if command_done and not any_left:
+                break
+    except BaseException:
+        code = 1
+    os._exit(code)
+
+
+class Keeper:
+    """The launcher's handle on its keeper: start it, learn the command's pid and status."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.command_pid = 0
+        self.command_status: int | None = None
+        self.command_maxrss_kib: int | None = None
+        self._r = -1
+
+    def start(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        *,
+        max_as: int | None,
+        prepare: Callable[[], None] | None,
+    ) -> int:
+        """Fork the keeper, which starts the command; return the command's pid.
+
+        Raises the command's exec error (127/126) as the launcher would.
+        """
+        import sys
+
+        from . import _spawn
+        from .errors import CommandNotExecutable, CommandNotFound, PmrunError
+
+        executable = _spawn.resolve(argv[0], env.get("PATH"))  # fail fast, in the launcher
+        r, w = os.pipe2(os.O_CLOEXEC)
+        launcher = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            run_keeper(
+                lambda: _spawn.spawn(argv, env, max_as=max_as, prepare=prepare, executable=executable),
+                launcher,
+                w,
+            )
+        os.close(w)
+        self.pid = pid
+        self._r = r
+        head = os.read(r, _PID.size)
+        if head[:1] == b"E" or len(head) < _PID.size:
+            rest = head[1:] + _read_all(r)
+            os.close(r)
+            self._r = -1
+            os.waitpid(pid, 0)
+            code_s, _, message = rest.decode(errors="replace").partition(":")
+            code = int(code_s) if code_s.isdigit() else 1
+            if code == CommandNotFound.exit_code:
+                raise CommandNotFound(message)
+            if code == CommandNotExecutable.exit_code:
+                raise CommandNotExecutable(message)
+            raise PmrunError(message or "the keeper process failed to start the command")
+        _, self.command_pid = _PID.unpack(head)
+        os.set_blocking(r, False)
+        return self.command_pid
+
+    def poll_status(self) -> int | None:
+        """The command's wait status once the keeper has reported it, else None."""
+        if self.command_status is None and self._r >= 0:
+            try:
+                data = os.read(self._r, _STATUS.size)
+            except BlockingIOError:
+                return None
+            if len(data) == _STATUS.size:
+                _, _, self.command_status, self.command_maxrss_kib = _STATUS.unpack(data)
+        return self.command_status
+
+    def close(self) -> None:
+        if self._r >= 0:
+            os.close(self._r)
+            self._r = -1
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        b = os.read(fd, 4096)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
