@@ -44,7 +44,9 @@ def _pids_with_token(token: str) -> list[int]:
     return found
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
+) -> object:
     """Poll ``predicate`` until it is truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:

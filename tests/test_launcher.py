@@ -35,8 +35,19 @@ def alloc_cmd(mb: int, step: int = 4, hold: float = 30) -> list[str]:
 
 def test_child_past_max_rss_is_stopped_with_137_and_report(run_pmrun, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
-    r = run_pmrun(*BASE, "--max-rss", "120M", "--warn-rss", "60M", "--grace", "1",
-                  "--report", str(report), "--", *alloc_cmd(400))
+    r = run_pmrun(
+        *BASE,
+        "--max-rss",
+        "120M",
+        "--warn-rss",
+        "60M",
+        "--grace",
+        "1",
+        "--report",
+        str(report),
+        "--",
+        *alloc_cmd(400),
+    )
     assert r.returncode == 137, r.stderr
     data = json.loads(report.read_text())
     assert data["reason"] == "max-rss"
@@ -60,8 +71,19 @@ kids = [subprocess.Popen([sys.executable, "-c", {ALLOC!r}, "50", "10", "30"]) fo
 for k in kids: k.wait()
 """
     report = tmp_path / "r.json"
-    r = run_pmrun(*BASE, "--max-rss", "150M", "--grace", "1", "--report", str(report),
-                  "--", PYTHON, "-c", script)
+    r = run_pmrun(
+        *BASE,
+        "--max-rss",
+        "150M",
+        "--grace",
+        "1",
+        "--report",
+        str(report),
+        "--",
+        PYTHON,
+        "-c",
+        script,
+    )
     assert r.returncode == 137, r.stderr
     data = json.loads(report.read_text())
     assert data["reason"] == "max-rss"
@@ -87,8 +109,22 @@ time.sleep(float(sys.argv[3]))
 def test_double_forked_setsid_daemon_is_counted_and_stopped(run_pmrun, tmp_path: Path) -> None:
     pidfile = tmp_path / "daemon.pid"
     report = tmp_path / "r.json"
-    r = run_pmrun(*BASE, "--max-rss", "100M", "--grace", "0.5", "--report", str(report),
-                  "--", PYTHON, "-c", DAEMON, str(pidfile), "200", "30")
+    r = run_pmrun(
+        *BASE,
+        "--max-rss",
+        "100M",
+        "--grace",
+        "0.5",
+        "--report",
+        str(report),
+        "--",
+        PYTHON,
+        "-c",
+        DAEMON,
+        str(pidfile),
+        "200",
+        "30",
+    )
     assert r.returncode == 137, r.stderr
     daemon = int(pidfile.read_text())
     assert not pid_alive(daemon)
@@ -97,10 +133,21 @@ def test_double_forked_setsid_daemon_is_counted_and_stopped(run_pmrun, tmp_path:
 
 def test_daemon_left_behind_by_a_normal_exit_does_not_survive(run_pmrun, tmp_path: Path) -> None:
     pidfile = tmp_path / "daemon.pid"
-    r = run_pmrun(*BASE, "--grace", "0.5", "--", PYTHON, "-c",
-                  DAEMON.replace("time.sleep(float(sys.argv[3]))",
-                                 "import time as t\nwhile not os.path.exists(pidfile): t.sleep(0.01)"),
-                  str(pidfile), "1", "0")
+    r = run_pmrun(
+        *BASE,
+        "--grace",
+        "0.5",
+        "--",
+        PYTHON,
+        "-c",
+        DAEMON.replace(
+            "time.sleep(float(sys.argv[3]))",
+            "import time as t\nwhile not os.path.exists(pidfile): t.sleep(0.01)",
+        ),
+        str(pidfile),
+        "1",
+        "0",
+    )
     assert r.returncode == 0, r.stderr
     assert not pid_alive(int(pidfile.read_text()))
 
@@ -123,8 +170,13 @@ def test_stdin_and_stdout_pass_through(run_pmrun) -> None:
 
 
 def test_shell_pipeline_through_pmrun() -> None:
-    out = subprocess.run(f"echo hi | {PMRUN} {' '.join(BASE)} -- cat", shell=True,
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        f"echo hi | {PMRUN} {' '.join(BASE)} -- cat",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert (out.returncode, out.stdout) == (0, "hi\n")
 
 
@@ -143,7 +195,9 @@ sys.exit(7)
 
 
 def test_signals_sent_to_pmrun_reach_the_command() -> None:
-    p = subprocess.Popen([PMRUN, *BASE, "--", PYTHON, "-c", TRAP], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [PMRUN, *BASE, "--", PYTHON, "-c", TRAP], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert p.stdout is not None
         assert p.stdout.readline() == "ready\n"
@@ -195,8 +249,17 @@ def test_default_rlimit_as_and_off(run_pmrun) -> None:
 
 def test_too_small_max_as_is_named_in_the_report(run_pmrun, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
-    r = run_pmrun(*BASE, "--max-as", "200M", "--max-rss", "2G", "--report", str(report),
-                  "--", *alloc_cmd(1000, 8, 0))
+    r = run_pmrun(
+        *BASE,
+        "--max-as",
+        "200M",
+        "--max-rss",
+        "2G",
+        "--report",
+        str(report),
+        "--",
+        *alloc_cmd(1000, 8, 0),
+    )
     assert r.returncode != 0
     data = json.loads(report.read_text())
     assert data["reason"] == "max-as", data
@@ -238,7 +301,9 @@ def test_environment_and_config_file_set_limits(run_pmrun, tmp_path: Path) -> No
     r = run_pmrun(*BASE, "--report", str(report), "--", "true", cwd=tmp_path, env=env)
     assert r.returncode == 0
     assert json.loads(report.read_text())["limits"]["max_rss"] == 200 << 20
-    run_pmrun(*BASE, "--max-rss", "300M", "--report", str(report), "--", "true", cwd=tmp_path, env=env)
+    run_pmrun(
+        *BASE, "--max-rss", "300M", "--report", str(report), "--", "true", cwd=tmp_path, env=env
+    )
     assert json.loads(report.read_text())["limits"]["max_rss"] == 300 << 20
 
 
@@ -253,8 +318,19 @@ time.sleep(60)
 def test_command_ignoring_sigterm_is_killed_after_grace(run_pmrun, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     t0 = time.monotonic()
-    r = run_pmrun(*BASE, "--max-rss", "100M", "--grace", "0.5", "--report", str(report),
-                  "--", PYTHON, "-c", IGNORE_TERM)
+    r = run_pmrun(
+        *BASE,
+        "--max-rss",
+        "100M",
+        "--grace",
+        "0.5",
+        "--report",
+        str(report),
+        "--",
+        PYTHON,
+        "-c",
+        IGNORE_TERM,
+    )
     elapsed = time.monotonic() - t0
     assert r.returncode == 137
     data = json.loads(report.read_text())
@@ -264,8 +340,9 @@ def test_command_ignoring_sigterm_is_killed_after_grace(run_pmrun, tmp_path: Pat
 
 def test_grace_zero_kills_at_once(run_pmrun, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
-    r = run_pmrun(*BASE, "--max-rss", "100M", "--grace", "0", "--report", str(report),
-                  "--", *alloc_cmd(300))
+    r = run_pmrun(
+        *BASE, "--max-rss", "100M", "--grace", "0", "--report", str(report), "--", *alloc_cmd(300)
+    )
     assert r.returncode == 137
     assert json.loads(report.read_text())["signal"] == signal.SIGKILL
 
@@ -296,8 +373,20 @@ def test_node_agent_runs_under_default_limits_and_is_stopped_past_max(run_pmrun,
     ok = run_pmrun(*BASE, "--", "node", "-e", "console.log(process.memoryUsage().rss > 0)")
     assert (ok.returncode, ok.stdout.strip()) == (0, "true"), ok.stderr
     report = tmp_path / "r.json"
-    r = run_pmrun(*BASE, "--max-rss", "150M", "--grace", "1", "--report", str(report),
-                  "--", "node", "-e", NODE_ALLOC, "60")
+    r = run_pmrun(
+        *BASE,
+        "--max-rss",
+        "150M",
+        "--grace",
+        "1",
+        "--report",
+        str(report),
+        "--",
+        "node",
+        "-e",
+        NODE_ALLOC,
+        "60",
+    )
     assert r.returncode == 137, r.stderr
     data = json.loads(report.read_text())
     assert data["reason"] == "max-rss"
@@ -306,7 +395,9 @@ def test_node_agent_runs_under_default_limits_and_is_stopped_past_max(run_pmrun,
 
 def test_terminal_is_passed_through_untouched() -> None:
     # An interactive program sees a terminal on stdin/stdout and reads what is typed.
-    script = "import os,sys; print('tty', os.isatty(0), os.isatty(1), flush=True); print('got', input())"
+    script = (
+        "import os,sys; print('tty', os.isatty(0), os.isatty(1), flush=True); print('got', input())"
+    )
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child execs
         os.execv(PMRUN, [PMRUN, *BASE, "--", PYTHON, "-c", script])
@@ -338,13 +429,23 @@ def test_terminal_is_passed_through_untouched() -> None:
 def test_python_api_launch(tmp_path: Path) -> None:
     import pmrun
 
-    agent = pmrun.launch(alloc_cmd(300, 4, 30), max_rss="100M", grace=0.5, coordinator=False,
-                         backend="sampling", stdout=subprocess.DEVNULL)
+    agent = pmrun.launch(
+        alloc_cmd(300, 4, 30),
+        max_rss="100M",
+        grace=0.5,
+        coordinator=False,
+        backend="sampling",
+        stdout=subprocess.DEVNULL,
+    )
     assert agent.wait(60) == 137
     assert agent.report is not None
     assert agent.report["reason"] == "max-rss"
-    ok = pmrun.launch([sys.executable, "-c", "print('fine')"], coordinator=False,
-                      stdout=subprocess.PIPE, text=True)
+    ok = pmrun.launch(
+        [sys.executable, "-c", "print('fine')"],
+        coordinator=False,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     out, _ = ok.communicate(timeout=30)
     assert (ok.returncode, out) == (0, "fine\n")
     assert ok.report is not None and ok.report["reason"] == "exit"
@@ -354,8 +455,21 @@ def test_python_api_launch(tmp_path: Path) -> None:
 def test_sigkill_of_pmrun_leaves_no_daemon_behind(tmp_path: Path, backend: str) -> None:
     """The keeper kills the whole tree, double-forked setsid daemon included."""
     pidfile = tmp_path / "daemon.pid"
-    p = subprocess.Popen([PMRUN, "--no-coordinator", "--backend", backend, "--", PYTHON, "-c",
-                          DAEMON, str(pidfile), "1", "60"])
+    p = subprocess.Popen(
+        [
+            PMRUN,
+            "--no-coordinator",
+            "--backend",
+            backend,
+            "--",
+            PYTHON,
+            "-c",
+            DAEMON,
+            str(pidfile),
+            "1",
+            "60",
+        ]
+    )
     try:
         wait_for(pidfile.exists)
         daemon = int(pidfile.read_text())

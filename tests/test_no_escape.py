@@ -56,11 +56,27 @@ def kill_all(piddir: Path) -> None:
             pass
 
 
-def start(backend: str, seed: int, piddir: Path, *extra: str, alloc_mb: int = 0) -> subprocess.Popen[str]:
+def start(
+    backend: str, seed: int, piddir: Path, *extra: str, alloc_mb: int = 0
+) -> subprocess.Popen[str]:
     p = subprocess.Popen(
-        [PMRUN, "--no-coordinator", "--backend", backend, "--grace", "0.3", *extra,
-         "--", PYTHON, TREE, str(seed), str(piddir), str(alloc_mb)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            PMRUN,
+            "--no-coordinator",
+            "--backend",
+            backend,
+            "--grace",
+            "0.3",
+            *extra,
+            "--",
+            PYTHON,
+            TREE,
+            str(seed),
+            str(piddir),
+            str(alloc_mb),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert p.stdout is not None
     assert p.stdout.readline() == "ready\n"
@@ -92,7 +108,7 @@ def test_nothing_escapes(tmp_path: Path, backend: str, how: str) -> None:
             # wait for that to finish, bounded, before counting.
             n, alive = survivors(piddir)
             if alive and how == "sigkill":
-                wait_for(lambda: not survivors(piddir)[1], timeout=10)
+                wait_for(lambda d=piddir: not survivors(d)[1], timeout=10)
                 n, alive = survivors(piddir)
             runs += 1
             recorded += n

@@ -41,8 +41,16 @@ def test_interval_is_bounded_and_shrinks_with_headroom(rss, limit, growth) -> No
 def test_warn_once_then_stop_once() -> None:
     w = LimitWatch(warn_bytes=100, max_bytes=200)
     seen = [w.observe(x) for x in (50, 101, 150, 90, 120, 201, 250, 300)]
-    assert seen == [Crossing.NONE, Crossing.WARN, Crossing.NONE, Crossing.NONE, Crossing.NONE,
-                    Crossing.MAX, Crossing.NONE, Crossing.NONE]
+    assert seen == [
+        Crossing.NONE,
+        Crossing.WARN,
+        Crossing.NONE,
+        Crossing.NONE,
+        Crossing.NONE,
+        Crossing.MAX,
+        Crossing.NONE,
+        Crossing.NONE,
+    ]
     assert w.peak_bytes == 300
 
 
@@ -76,4 +84,7 @@ def test_grace_overrun() -> None:
     ],
 )
 def test_looks_like_max_as(status, vsz, max_as, expected) -> None:
-    assert policy.looks_like_max_as(wait_status=status, peak_vsz_bytes=vsz, max_as_bytes=max_as) is expected
+    assert (
+        policy.looks_like_max_as(wait_status=status, peak_vsz_bytes=vsz, max_as_bytes=max_as)
+        is expected
+    )

@@ -17,7 +17,9 @@ def make_proc(tmp_path: Path) -> Path:
     p = proc / "42"
     (p / "task" / "42").mkdir(parents=True)
     (p / "statm").write_text("2560 1024 100 1 0 500 0\n")
-    (p / "stat").write_text("42 (my (odd) name) S 1 42 42 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 777 0 0\n")
+    (p / "stat").write_text(
+        "42 (my (odd) name) S 1 42 42 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 777 0 0\n"
+    )
     (p / "comm").write_text("my (odd) name\n")
     (p / "task" / "42" / "children").write_text("43 44 ")
     (p / "smaps_rollup").write_text(
@@ -60,7 +62,7 @@ def test_real_tree_is_found() -> None:
     script = (
         "import subprocess, sys, time\n"
         "a = subprocess.Popen([sys.executable, '-c', 'import subprocess,sys,time; "
-        "p=subprocess.Popen([\"sleep\",\"30\"]); print(p.pid, flush=True); time.sleep(30)'],"
+        'p=subprocess.Popen(["sleep","30"]); print(p.pid, flush=True); time.sleep(30)\'],'
         " stdout=subprocess.PIPE, text=True)\n"
         "b = subprocess.Popen(['sleep', '30'])\n"
         "g = a.stdout.readline().strip()\n"

@@ -47,7 +47,9 @@ def test_optional_sizes() -> None:
     assert parse_optional_size("2G") == 2 << 30
 
 
-@pytest.mark.parametrize(("text", "expected"), [("80%", 0.8), ("0.75", 0.75), (1, 1.0), ("0%", 0.0)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("80%", 0.8), ("0.75", 0.75), (1, 1.0), ("0%", 0.0)]
+)
 def test_fractions(text, expected) -> None:
     assert parse_fraction(text) == pytest.approx(expected)
 

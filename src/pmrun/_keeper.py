@@ -61,7 +61,7 @@ def _state(pid: int) -> str:
 
 def _reap_all() -> tuple[list[tuple[int, int, int]], bool]:
     """Reap every exited child: ([(pid, status, ru_maxrss KiB)], whether any child is left)."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     while True:
         try:
             pid, status, ru = os.wait4(-1, os.WNOHANG)
@@ -152,7 +152,9 @@ class Keeper:
         if pid == 0:
             os.close(r)
             run_keeper(
-                lambda: _spawn.spawn(argv, env, max_as=max_as, prepare=prepare, executable=executable),
+                lambda: _spawn.spawn(
+                    argv, env, max_as=max_as, prepare=prepare, executable=executable
+                ),
                 launcher,
                 w,
             )
@@ -194,7 +196,7 @@ class Keeper:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         b = os.read(fd, 4096)
         if not b:

@@ -9,7 +9,6 @@ The root is overridable (``proc=``) so parsing can be tested on a fake tree.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 PROC = "/proc"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -140,14 +139,19 @@ def meminfo(proc: str = PROC) -> dict[str, int]:
     return out
 
 
-@dataclass(frozen=True)
 class Pressure:
     """One line of a PSI file: percentages of wall time some/all tasks stalled."""
 
-    avg10: float
-    avg60: float
-    avg300: float
-    total_us: int
+    __slots__ = ("avg10", "avg60", "avg300", "total_us")
+
+    def __init__(self, avg10: float, avg60: float, avg300: float, total_us: int) -> None:
+        self.avg10 = avg10
+        self.avg60 = avg60
+        self.avg300 = avg300
+        self.total_us = total_us
+
+    def __repr__(self) -> str:
+        return f"Pressure(avg10={self.avg10}, avg60={self.avg60}, avg300={self.avg300}, total_us={self.total_us})"
 
 
 def memory_pressure(proc: str = PROC) -> dict[str, Pressure] | None:

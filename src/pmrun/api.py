@@ -37,15 +37,15 @@ class Agent:
         return self._popen.returncode
 
     @property
-    def stdin(self):  # type: ignore[no-untyped-def]
+    def stdin(self):
         return self._popen.stdin
 
     @property
-    def stdout(self):  # type: ignore[no-untyped-def]
+    def stdout(self):
         return self._popen.stdout
 
     @property
-    def stderr(self):  # type: ignore[no-untyped-def]
+    def stderr(self):
         return self._popen.stderr
 
     def poll(self) -> int | None:

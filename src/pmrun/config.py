@@ -11,15 +11,16 @@ Every resolved value remembers where it came from, which is what ``pmrun config`
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
 
 from .errors import ConfigError, PmrunError
 from .sizes import parse_fraction, parse_optional_size, parse_size
 
+TYPE_CHECKING = False  # not `from typing import`: the launch path avoids importing typing
+
 if TYPE_CHECKING:
     from pathlib import Path  # imported at run time only when a config file exists
+    from typing import Any
 
 
 def _parse_float(v: Any) -> float:
@@ -75,77 +76,206 @@ def _opt_fraction(v: Any) -> float | None:
     return parse_fraction(v)
 
 
-@dataclass(frozen=True)
 class Setting:
     """One setting: its name in each place it can be given, and how to parse it."""
 
-    key: str  # the key inside its config table, e.g. "max-rss"
-    section: str  # "agent", "coordinator" or "cache"
-    env: str  # environment variable, e.g. "PMRUN_MAX_RSS"
-    default: Any  # the raw default, parsed like any other value
-    parse: Callable[[Any], Any]  # raw value -> typed value; raises ValueError/PmrunError
-    help: str  # one line for --help and `pmrun config`
+    __slots__ = ("key", "section", "env", "default", "parse", "help")
+
+    def __init__(
+        self,
+        key: str,  # the key inside its config table, e.g. "max-rss"
+        section: str,  # "agent", "coordinator" or "cache"
+        env: str,  # environment variable, e.g. "PMRUN_MAX_RSS"
+        default: Any,  # the raw default, parsed like any other value
+        parse: Callable[[Any], Any],  # raw value -> typed value; raises ValueError/PmrunError
+        help: str,  # one line for --help and `pmrun config`
+    ) -> None:
+        self.key = key
+        self.section = section
+        self.env = env
+        self.default = default
+        self.parse = parse
+        self.help = help
 
     @property
     def name(self) -> str:
         return f"{self.section}.{self.key}"
 
+    def __repr__(self) -> str:
+        return f"Setting({self.name!r})"
+
 
 SETTINGS: tuple[Setting, ...] = (
     # The launcher's per-agent limits.
-    Setting("max-rss", "agent", "PMRUN_MAX_RSS", "1G", parse_size,
-            "hard limit on the RSS of the agent's whole process tree"),
-    Setting("warn-rss", "agent", "PMRUN_WARN_RSS", "500M", parse_size,
-            "soft threshold: one warning line when the tree crosses it"),
-    Setting("max-as", "agent", "PMRUN_MAX_AS", "256G", parse_optional_size,
-            "RLIMIT_AS on the command (address space, a backstop; 'off' for none)"),
-    Setting("grace", "agent", "PMRUN_GRACE", 5.0, _parse_float,
-            "seconds between SIGTERM and SIGKILL when stopping the tree (0 = SIGKILL at once)"),
-    Setting("backend", "agent", "PMRUN_BACKEND", "auto", _choice("auto", "cgroup", "sampling"),
-            "how the limit is enforced: kernel cgroup, or RSS sampling"),
-    Setting("priority", "agent", "PMRUN_PRIORITY", 0, _parse_int,
-            "higher is spared longer when the coordinator must stop an agent"),
-    Setting("coordinator", "agent", "PMRUN_COORDINATOR", True, _parse_bool,
-            "register with the host's coordinator (started on demand)"),
+    Setting(
+        "max-rss",
+        "agent",
+        "PMRUN_MAX_RSS",
+        "1G",
+        parse_size,
+        "hard limit on the RSS of the agent's whole process tree",
+    ),
+    Setting(
+        "warn-rss",
+        "agent",
+        "PMRUN_WARN_RSS",
+        "500M",
+        parse_size,
+        "soft threshold: one warning line when the tree crosses it",
+    ),
+    Setting(
+        "max-as",
+        "agent",
+        "PMRUN_MAX_AS",
+        "256G",
+        parse_optional_size,
+        "RLIMIT_AS on the command (address space, a backstop; 'off' for none)",
+    ),
+    Setting(
+        "grace",
+        "agent",
+        "PMRUN_GRACE",
+        5.0,
+        _parse_float,
+        "seconds between SIGTERM and SIGKILL when stopping the tree (0 = SIGKILL at once)",
+    ),
+    Setting(
+        "backend",
+        "agent",
+        "PMRUN_BACKEND",
+        "auto",
+        _choice("auto", "cgroup", "sampling"),
+        "how the limit is enforced: kernel cgroup, or RSS sampling",
+    ),
+    Setting(
+        "priority",
+        "agent",
+        "PMRUN_PRIORITY",
+        0,
+        _parse_int,
+        "higher is spared longer when the coordinator must stop an agent",
+    ),
+    Setting(
+        "coordinator",
+        "agent",
+        "PMRUN_COORDINATOR",
+        True,
+        _parse_bool,
+        "register with the host's coordinator (started on demand)",
+    ),
     # The coordinator.
-    Setting("socket", "coordinator", "PMRUN_SOCKET", "", _text,
-            "the coordinator's Unix socket (default: $XDG_RUNTIME_DIR/pmrun/coordinator.sock)"),
-    Setting("pool", "coordinator", "PMRUN_POOL", "2G", parse_size,
-            "aggregate limit on the sum of all agents' trees"),
-    Setting("system-threshold", "coordinator", "PMRUN_SYSTEM_THRESHOLD", "80%", parse_fraction,
-            "act when this fraction of system (or container) memory is used"),
-    Setting("psi-threshold", "coordinator", "PMRUN_PSI_THRESHOLD", "10%", _opt_fraction,
-            "act when /proc/pressure/memory 'some avg10' passes this ('off' to ignore PSI)"),
-    Setting("evict-fraction", "coordinator", "PMRUN_EVICT_FRACTION", 0.75, parse_fraction,
-            "fraction of their caches services are asked to drop at the critical level"),
-    Setting("victim-policy", "coordinator", "PMRUN_VICTIM_POLICY", "largest",
-            _choice("largest", "newest", "priority"),
-            "which agent is stopped first when shedding caches was not enough"),
-    Setting("events", "coordinator", "PMRUN_EVENTS", "", _text,
-            "the event log (JSON lines; default: next to the socket)"),
+    Setting(
+        "socket",
+        "coordinator",
+        "PMRUN_SOCKET",
+        "",
+        _text,
+        "the coordinator's Unix socket (default: $XDG_RUNTIME_DIR/pmrun/coordinator.sock)",
+    ),
+    Setting(
+        "pool",
+        "coordinator",
+        "PMRUN_POOL",
+        "2G",
+        parse_size,
+        "aggregate limit on the sum of all agents' trees",
+    ),
+    Setting(
+        "system-threshold",
+        "coordinator",
+        "PMRUN_SYSTEM_THRESHOLD",
+        "80%",
+        parse_fraction,
+        "act when this fraction of system (or container) memory is used",
+    ),
+    Setting(
+        "psi-threshold",
+        "coordinator",
+        "PMRUN_PSI_THRESHOLD",
+        "10%",
+        _opt_fraction,
+        "act when /proc/pressure/memory 'some avg10' passes this ('off' to ignore PSI)",
+    ),
+    Setting(
+        "evict-fraction",
+        "coordinator",
+        "PMRUN_EVICT_FRACTION",
+        0.75,
+        parse_fraction,
+        "fraction of their caches services are asked to drop at the critical level",
+    ),
+    Setting(
+        "victim-policy",
+        "coordinator",
+        "PMRUN_VICTIM_POLICY",
+        "largest",
+        _choice("largest", "newest", "priority"),
+        "which agent is stopped first when shedding caches was not enough",
+    ),
+    Setting(
+        "events",
+        "coordinator",
+        "PMRUN_EVENTS",
+        "",
+        _text,
+        "the event log (JSON lines; default: next to the socket)",
+    ),
     # The prompt cache.
-    Setting("max-bytes", "cache", "PMRUN_CACHE_MAX_BYTES", "50MB", parse_size,
-            "byte budget of SharedPromptCache"),
-    Setting("max-entries", "cache", "PMRUN_CACHE_MAX_ENTRIES", 500, _parse_int,
-            "entry cap of SharedPromptCache"),
-    Setting("ttl", "cache", "PMRUN_CACHE_TTL", 300.0, _parse_float,
-            "seconds an entry lives"),
-    Setting("pressure-fraction", "cache", "PMRUN_CACHE_PRESSURE_FRACTION", 0.75, parse_fraction,
-            "fraction dropped on a coordinator eviction request that names none"),
+    Setting(
+        "max-bytes",
+        "cache",
+        "PMRUN_CACHE_MAX_BYTES",
+        "50MB",
+        parse_size,
+        "byte budget of SharedPromptCache",
+    ),
+    Setting(
+        "max-entries",
+        "cache",
+        "PMRUN_CACHE_MAX_ENTRIES",
+        500,
+        _parse_int,
+        "entry cap of SharedPromptCache",
+    ),
+    Setting("ttl", "cache", "PMRUN_CACHE_TTL", 300.0, _parse_float, "seconds an entry lives"),
+    Setting(
+        "pressure-fraction",
+        "cache",
+        "PMRUN_CACHE_PRESSURE_FRACTION",
+        0.75,
+        parse_fraction,
+        "fraction dropped on a coordinator eviction request that names none",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
-@dataclass(frozen=True)
 class Value:
     """A resolved setting: the typed value and where it came from."""
 
-    value: Any
-    source: str  # "flag", "env PMRUN_X", "project /p/pmrun.toml", "user ...", "default"
+    __slots__ = ("value", "source")
+
+    def __init__(self, value: Any, source: str) -> None:
+        self.value = value
+        self.source = (
+            source  # "flag", "env PMRUN_X", "project /p/pmrun.toml", "user ...", "default"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Value) and (self.value, self.source) == (other.value, other.source)
+
+    def __repr__(self) -> str:
+        return f"Value({self.value!r}, {self.source!r})"
 
 
-class Config(Mapping[str, Any]):
+if TYPE_CHECKING:
+    _ConfigBase = Mapping[str, Any]
+else:
+    _ConfigBase = Mapping
+
+
+class Config(_ConfigBase):
     """Resolved settings, keyed by ``section.key`` (``config["agent.max-rss"]``)."""
 
     def __init__(self, values: dict[str, Value], files: list[Path]) -> None:
@@ -155,7 +285,7 @@ class Config(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         return self._values[name].value
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._values)
 
     def __len__(self) -> int:

@@ -13,8 +13,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any
 
 from . import _procfs, policy
 from ._keeper import COMMAND_ENDED, Keeper
@@ -22,6 +20,10 @@ from .backends import Backend, Sample, select
 from .errors import ExitCode, PmrunError, UsageError
 from .report import ExitReport, Limits, TopProcess, write_report
 from .sizes import format_size
+
+TYPE_CHECKING = False  # not `from typing import`: the launch path avoids importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # Signals a user (or a supervisor) sends to pmrun that the command must receive.
 FORWARDED = (
@@ -42,20 +44,45 @@ WAITED = frozenset((*FORWARDED, signal.SIGCHLD, WAKE, COMMAND_ENDED))
 _SI_KERNEL_MIN = 1
 
 
-@dataclass(frozen=True)
 class LaunchSettings:
     """How one agent is run; sizes in bytes."""
 
-    limits: Limits
-    name: str = ""  # shown in status and messages; default: the command's basename
-    backend: str = "auto"  # auto, cgroup or sampling
-    priority: int = 0  # higher is spared longer by the coordinator
-    coordinator: bool = True  # register with (and start on demand) the host's coordinator
-    socket: str = ""  # the coordinator's socket; "" = the default path
-    report_path: str | None = None  # --report FILE ("-" = stderr)
-    record_path: str | None = None  # --record FILE
-    trace_heap: bool = False  # set PMRUN_TRACEMALLOC=1 for Python services in the agent
-    quiet: bool = False  # no warning line on stderr (the report still records it)
+    __slots__ = (
+        "limits",
+        "name",
+        "backend",
+        "priority",
+        "coordinator",
+        "socket",
+        "report_path",
+        "record_path",
+        "trace_heap",
+        "quiet",
+    )
+
+    def __init__(
+        self,
+        limits: Limits,
+        name: str = "",  # shown in status and messages; default: the command's basename
+        backend: str = "auto",  # auto, cgroup or sampling
+        priority: int = 0,  # higher is spared longer by the coordinator
+        coordinator: bool = True,  # register with (and start on demand) the host's coordinator
+        socket: str = "",  # the coordinator's socket; "" = the default path
+        report_path: str | None = None,  # --report FILE ("-" = stderr)
+        record_path: str | None = None,  # --record FILE
+        trace_heap: bool = False,  # set PMRUN_TRACEMALLOC=1 for Python services in the agent
+        quiet: bool = False,  # no warning line on stderr (the report still records it)
+    ) -> None:
+        self.limits = limits
+        self.name = name
+        self.backend = backend
+        self.priority = priority
+        self.coordinator = coordinator
+        self.socket = socket
+        self.report_path = report_path
+        self.record_path = record_path
+        self.trace_heap = trace_heap
+        self.quiet = quiet
 
 
 def agent_name(argv: list[str]) -> str:
@@ -76,7 +103,9 @@ def validate(argv: list[str], settings: LaunchSettings) -> None:
             " the warning would never come before the stop"
         )
     if lim.max_as is not None and lim.max_as < 16 << 20:
-        raise UsageError(f"--max-as {format_size(lim.max_as)} is too small to start any program (min 16M)")
+        raise UsageError(
+            f"--max-as {format_size(lim.max_as)} is too small to start any program (min 16M)"
+        )
 
 
 class Launcher:
@@ -85,7 +114,8 @@ class Launcher:
     def __init__(self, argv: list[str], settings: LaunchSettings) -> None:
         validate(argv, settings)
         self.argv = list(argv)
-        self.settings = replace(settings, name=settings.name or agent_name(argv))
+        self.settings = settings
+        settings.name = settings.name or agent_name(argv)
         self.limits = settings.limits
         self.agent_id = f"{self.settings.name}.{os.getpid()}"
         self._order: tuple[str, dict[str, Any]] | None = None  # stop ordered by the coordinator
@@ -165,7 +195,9 @@ class Launcher:
             self._say(f"warning: no coordinator ({e}); enforcing this agent's own limits only")
             return None
         except OSError as e:
-            self._say(f"warning: no coordinator ({e.strerror}); enforcing this agent's own limits only")
+            self._say(
+                f"warning: no coordinator ({e.strerror}); enforcing this agent's own limits only"
+            )
             return None
         return path
 
@@ -204,7 +236,10 @@ class Launcher:
         lim = self.limits
         socket_path = self._coordinator_socket()
         backend = select(
-            self.settings.backend, agent_id=self.agent_id, max_rss=lim.max_rss, warn_rss=lim.warn_rss
+            self.settings.backend,
+            agent_id=self.agent_id,
+            max_rss=lim.max_rss,
+            warn_rss=lim.warn_rss,
         )
         prctl.set_child_subreaper(1)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
@@ -216,7 +251,9 @@ class Launcher:
             env["PMRUN_TRACEMALLOC"] = "1"
         start_wall = time.time()
         try:
-            self._pid = self._keeper.start(self.argv, env, max_as=lim.max_as, prepare=backend.prepare_child)
+            self._pid = self._keeper.start(
+                self.argv, env, max_as=lim.max_as, prepare=backend.prepare_child
+            )
         except BaseException:
             backend.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -236,7 +273,11 @@ class Launcher:
                     "command": self.argv,
                     "name": self.settings.name,
                     "pid": self._pid,
-                    "limits": {"max_rss": lim.max_rss, "warn_rss": lim.warn_rss, "max_as": lim.max_as},
+                    "limits": {
+                        "max_rss": lim.max_rss,
+                        "warn_rss": lim.warn_rss,
+                        "max_as": lim.max_as,
+                    },
                     "backend": backend.describe(),
                 },
             )
@@ -289,7 +330,7 @@ class Launcher:
                 if biggest is None or biggest.pid != top.pid:
                     biggest = TopProcess(top.pid, _name(top.pid), top.rss_bytes)
                 else:
-                    biggest = replace(biggest, rss_bytes=top.rss_bytes)
+                    biggest.rss_bytes = top.rss_bytes
             self._observe(s)
             crossing = watch.observe(s.rss_bytes)
             if crossing is policy.Crossing.WARN:
@@ -397,7 +438,9 @@ class Launcher:
                 s = backend.sample()
                 watch.peak_bytes = max(watch.peak_bytes, s.rss_bytes)
                 if policy.grace_exceeded(s.rss_bytes, self.limits.max_rss):
-                    self._event("kill", why="grew past max-rss during the grace period", rss=s.rss_bytes)
+                    self._event(
+                        "kill", why="grew past max-rss during the grace period", rss=s.rss_bytes
+                    )
                     break
         if _live(backend):
             self._event("kill", why="grace over" if grace > 0 else "grace 0")
@@ -425,7 +468,9 @@ class Launcher:
             )
         if reason in ("pool", "system-pressure"):
             why = (stop or {}).get("message") or (
-                "the agents' pool is over its limit" if reason == "pool" else "the system is short of memory"
+                "the agents' pool is over its limit"
+                if reason == "pool"
+                else "the system is short of memory"
             )
             return f"stopped {name} (pid {self._pid}) by the coordinator ({reason}): {why}; peak {format_size(peak)}{big}"
         if reason == "kernel-oom":

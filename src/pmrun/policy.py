@@ -7,7 +7,6 @@ The coordinator's own decisions (pressure levels, victims) live in
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 # The fastest a single process grew its RSS on this machine when allocating and
 # touching memory flat out (benchmarks/bench_launcher.py, `overshoot`): about 2.5 GiB/s.
@@ -44,15 +43,17 @@ class Crossing(enum.Enum):
     MAX = "max"  # the hard limit was crossed: stop the tree
 
 
-@dataclass
 class LimitWatch:
     """Tracks one agent's samples against its limits; warns once, stops once."""
 
-    warn_bytes: int
-    max_bytes: int
-    peak_bytes: int = 0
-    warned: bool = False
-    stopped: bool = False
+    __slots__ = ("warn_bytes", "max_bytes", "peak_bytes", "warned", "stopped")
+
+    def __init__(self, warn_bytes: int, max_bytes: int) -> None:
+        self.warn_bytes = warn_bytes
+        self.max_bytes = max_bytes
+        self.peak_bytes = 0
+        self.warned = False
+        self.stopped = False
 
     def observe(self, rss_bytes: int) -> Crossing:
         """Feed one sample; returns what, if anything, was crossed for the first time."""

@@ -34,7 +34,9 @@ class Recorder:
     def now(self) -> float:
         return round(time.monotonic() - self._t0, 4)
 
-    def sample(self, rss: int, procs: dict[int, int], names: dict[int, str], *, force: bool = False) -> None:
+    def sample(
+        self, rss: int, procs: dict[int, int], names: dict[int, str], *, force: bool = False
+    ) -> None:
         t = self.now()
         if not force and t - self._last_t < self._min_interval_s:
             return
@@ -43,7 +45,9 @@ class Recorder:
             if pid not in self._names:
                 self._names.add(pid)
                 self._write({"type": "proc", "t": t, "pid": pid, "name": name})
-        self._write({"type": "sample", "t": t, "rss": rss, "procs": {str(p): r for p, r in procs.items()}})
+        self._write(
+            {"type": "sample", "t": t, "rss": rss, "procs": {str(p): r for p, r in procs.items()}}
+        )
 
     def knows(self, pid: int) -> bool:
         return pid in self._names

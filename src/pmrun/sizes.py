@@ -48,7 +48,9 @@ def parse_size(text: str | int | float) -> int:
             i -= 1
         number, unit = s[:i].strip(), s[i:]
         if unit not in _UNITS or not number:
-            raise SizeError(f"invalid size {shown}: expected a number with a unit, e.g. 500M or 1.5G")
+            raise SizeError(
+                f"invalid size {shown}: expected a number with a unit, e.g. 500M or 1.5G"
+            )
         try:
             value = float(number)
         except ValueError:

@@ -8,28 +8,57 @@ click's help from the same table.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from ..errors import CommandNotExecutable, CommandNotFound, ExitCode, PmrunError
 
 
-@dataclass(frozen=True)
 class Option:
-    flag: str  # "--max-rss"
-    setting: str | None  # config setting it sets ("agent.max-rss"), None for launcher-only
-    metavar: str | None  # None for a boolean flag
-    help: str
-    value: object = True  # what a boolean flag stores
+    """One launcher option, as the fast parser and `pmrun run --help` both see it."""
+
+    __slots__ = ("flag", "setting", "metavar", "help", "value")
+
+    def __init__(
+        self,
+        flag: str,  # "--max-rss"
+        setting: str | None,  # config setting it sets ("agent.max-rss"), None for launcher-only
+        metavar: str | None,  # None for a boolean flag
+        help: str,
+        value: object = True,  # what a boolean flag stores
+    ) -> None:
+        self.flag = flag
+        self.setting = setting
+        self.metavar = metavar
+        self.help = help
+        self.value = value
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("--max-rss", "agent.max-rss", "SIZE", "hard limit on the tree's RSS (default 1G)"),
-    Option("--warn-rss", "agent.warn-rss", "SIZE", "warn once when the tree passes this (default 500M)"),
+    Option(
+        "--warn-rss", "agent.warn-rss", "SIZE", "warn once when the tree passes this (default 500M)"
+    ),
     Option("--max-as", "agent.max-as", "SIZE", "RLIMIT_AS on the command, or 'off' (default 256G)"),
-    Option("--grace", "agent.grace", "SECONDS", "SIGTERM to SIGKILL delay when stopping (default 5; 0 = SIGKILL)"),
-    Option("--backend", "agent.backend", "auto|cgroup|sampling", "how the limit is enforced (default auto)"),
-    Option("--priority", "agent.priority", "N", "higher is spared longer by the coordinator (default 0)"),
-    Option("--name", None, "NAME", "the agent's name in status and events (default: command basename)"),
+    Option(
+        "--grace",
+        "agent.grace",
+        "SECONDS",
+        "SIGTERM to SIGKILL delay when stopping (default 5; 0 = SIGKILL)",
+    ),
+    Option(
+        "--backend",
+        "agent.backend",
+        "auto|cgroup|sampling",
+        "how the limit is enforced (default auto)",
+    ),
+    Option(
+        "--priority",
+        "agent.priority",
+        "N",
+        "higher is spared longer by the coordinator (default 0)",
+    ),
+    Option(
+        "--name", None, "NAME", "the agent's name in status and events (default: command basename)"
+    ),
     Option("--socket", "coordinator.socket", "PATH", "the coordinator's socket"),
     Option("--no-coordinator", "agent.coordinator", None, "run standalone: no coordinator", False),
     Option("--report", None, "FILE", "write a JSON exit report to FILE ('-' = stderr)"),
@@ -40,12 +69,22 @@ OPTIONS: tuple[Option, ...] = (
 BY_FLAG = {o.flag: o for o in OPTIONS}
 
 
-@dataclass
 class Parsed:
-    command: list[str]
-    flags: dict[str, object]  # config setting -> raw value
-    extra: dict[str, object]  # launcher-only options, keyed by flag without dashes
-    help: bool = False
+    """What the command line said: the command, settings given as flags, launcher-only options."""
+
+    __slots__ = ("command", "flags", "extra", "help")
+
+    def __init__(
+        self,
+        command: list[str],
+        flags: dict[str, object],  # config setting -> raw value
+        extra: dict[str, object],  # launcher-only options, keyed by flag without dashes
+        help: bool = False,
+    ) -> None:
+        self.command = command
+        self.flags = flags
+        self.extra = extra
+        self.help = help
 
 
 def parse(args: list[str]) -> Parsed:
@@ -86,7 +125,7 @@ def parse(args: list[str]) -> Parsed:
     return Parsed([], flags, extra)
 
 
-def build_settings(parsed: Parsed):  # type: ignore[no-untyped-def]
+def build_settings(parsed: Parsed):
     """Resolve flags against environment and config files into launcher settings."""
     from .. import config
     from ..launcher import LaunchSettings

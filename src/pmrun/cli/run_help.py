@@ -5,7 +5,7 @@ from __future__ import annotations
 from .run import OPTIONS
 
 
-def _click_command():  # type: ignore[no-untyped-def]
+def _click_command():
     import click
 
     def run(**_: object) -> None:  # pragma: no cover - main() routes `run` to launch_main
