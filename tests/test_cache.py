@@ -16,15 +16,16 @@ import sys
 import threading
 import time
 import types
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from pmrun import _procfs
+from pmrun import _malloc, _procfs
 from pmrun.cache import CacheValueTooLarge, Freed, SharedPromptCache, sizeof
 from pmrun.errors import CoordinatorUnavailable, PmrunError, SizeError, UsageError
 
@@ -134,14 +135,14 @@ def test_get_set_delete_contains_len() -> None:
     assert cache.get("a") == "alpha"
     assert "a" in cache and "missing" not in cache
     assert len(cache) == 2
-    assert cache.bytes == entry_size("a", "alpha") + entry_size("b", "beta")
+    assert cache.cached_bytes == entry_size("a", "alpha") + entry_size("b", "beta")
     assert cache.delete("a") is True
     assert cache.delete("a") is False
     assert "a" not in cache
     cache.set("b", "beta, longer now")
-    assert cache.bytes == entry_size("b", "beta, longer now")
+    assert cache.cached_bytes == entry_size("b", "beta, longer now")
     cache.clear()
-    assert len(cache) == 0 and cache.bytes == 0
+    assert len(cache) == 0 and cache.cached_bytes == 0
     audit(cache)
 
 
@@ -190,7 +191,7 @@ def test_value_larger_than_the_budget_is_refused() -> None:
     assert "cache.max-bytes" in str(err) and "'prompt'" not in str(err)
     # The value it was meant to replace is gone rather than silently stale.
     assert "prompt" not in cache
-    assert cache.bytes == 0
+    assert cache.cached_bytes == 0
     audit(cache)
 
 
@@ -235,6 +236,22 @@ def test_limits_come_from_environment_and_config_file(
     assert (cache.max_bytes, cache.ttl, cache.max_entries) == (1 << 20, 5.0, 7)
 
 
+def test_a_bad_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PMRUN_CACHE_TTL", "0")
+    with pytest.raises(UsageError, match=r"cache\.ttl"):
+        SharedPromptCache(auto_attach=False)
+    monkeypatch.setenv("PMRUN_CACHE_TTL", "60")
+    monkeypatch.setenv("PMRUN_CACHE_MAX_ENTRIES", "0")
+    with pytest.raises(UsageError, match=r"cache\.max-entries"):
+        SharedPromptCache(auto_attach=False)
+
+
+def test_malloc_helpers() -> None:
+    rss = _malloc.rss_bytes()
+    assert rss is not None and rss > 1 << 20
+    assert _malloc.trim() is _malloc.trim_available()
+
+
 def test_shared_is_one_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SharedPromptCache, "_shared", None)
     monkeypatch.delenv("PMRUN_SOCKET", raising=False)
@@ -257,10 +274,10 @@ def test_entries_expire_after_ttl_and_their_bytes_are_reclaimed() -> None:
     timer.tick(0.001)  # "old" is now exactly 10 s old
     assert cache.get("old") is None
     assert "old" not in cache
-    assert cache.bytes == entry_size("new", "n" * 100)
+    assert cache.cached_bytes == entry_size("new", "n" * 100)
     timer.tick(5)
     cache.set("other", "x")  # any call sweeps "new" too
-    assert cache.bytes == entry_size("other", "x")
+    assert cache.cached_bytes == entry_size("other", "x")
     assert cache.stats()["evictions"]["ttl"] == 2
     audit(cache)
 
@@ -272,7 +289,7 @@ def test_expired_entries_are_reclaimed_without_being_looked_up() -> None:
         cache.set(f"k{i}", "v" * 100)
     timer.tick(10)
     assert cache.expire() == 50
-    assert cache.bytes == 0 and len(cache) == 0
+    assert cache.cached_bytes == 0 and len(cache) == 0
 
 
 def test_per_call_ttl() -> None:
@@ -343,7 +360,7 @@ def test_evict_fraction_drops_expired_then_least_recently_used() -> None:
         cache.set(f"k{i}", "v" * 1000)
     cache.get("k0")  # k0 becomes the most recently used
     timer.tick(5)
-    total = cache.bytes
+    total = cache.cached_bytes
     freed = cache.evict_fraction(0.35, trim=False)
     assert isinstance(freed, Freed)
     # "expiring" (expired) first, then k1, k2, k3 in LRU order, stopping once 35% is freed.
@@ -351,7 +368,7 @@ def test_evict_fraction_drops_expired_then_least_recently_used() -> None:
     gone = [k for k in (f"k{i}" for i in range(10)) if k not in cache]
     assert gone == ["k1", "k2", "k3"]
     assert freed.entries == 4
-    assert freed.bytes_accounted == total - cache.bytes
+    assert freed.bytes_accounted == total - cache.cached_bytes
     assert 0.35 * total <= freed.bytes_accounted < 0.35 * total + entry_size("k1", "v" * 1000)
     evictions = cache.stats()["evictions"]
     assert evictions["ttl"] == 1 and evictions["pressure"] == 3
@@ -406,7 +423,7 @@ def test_stats_counts_every_cause() -> None:
     assert (stats["hits"], stats["misses"]) == (2, 1)
     assert stats["hit_ratio"] == pytest.approx(2 / 3)
     assert stats["entries"] == len(cache) == 1
-    assert stats["bytes"] == cache.bytes
+    assert stats["bytes"] == cache.cached_bytes
     assert stats["last_pressure_eviction"]["entries"] == 2  # the expired one, then k2
     [biggest] = stats["biggest"]
     assert biggest == {"key": "k3", "bytes": entry_size("k3", value), "expires_in_s": 9.0}
@@ -604,38 +621,92 @@ def test_a_dropped_cache_is_detached(fake_client: FakeClient) -> None:
 
 KEYS = [f"k{i}" for i in range(8)] + [("memo", i) for i in range(2)]
 BUDGET = 2000
+MAX_ENTRIES = 5
+SIZES = st.one_of(st.integers(0, 60), st.integers(0, 900))
+
+
+class ReferenceCache:
+    """The cache's documented behaviour, written the slow and obvious way."""
+
+    def __init__(self, timer: FakeTimer, ttl: float) -> None:
+        self.timer = timer
+        self.ttl = ttl
+        self.entries: OrderedDict[Any, tuple[Any, int, float]] = OrderedDict()
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size, _ in self.entries.values())
+
+    def sweep(self) -> None:
+        for k, (_, _, expires) in list(self.entries.items()):
+            if expires <= self.timer():
+                del self.entries[k]
+
+    def set(self, key: Any, value: Any, ttl: float | None) -> bool:
+        size = entry_size(key, value)
+        self.entries.pop(key, None)
+        if size > BUDGET:
+            return False
+        self.sweep()
+        while self.entries and (self.bytes + size > BUDGET or len(self.entries) >= MAX_ENTRIES):
+            self.entries.popitem(last=False)
+        self.entries[key] = (value, size, self.timer() + (self.ttl if ttl is None else ttl))
+        return True
+
+    def get(self, key: Any) -> Any:
+        if key not in self.entries:
+            return None
+        value, _, expires = self.entries[key]
+        if self.timer() < expires:
+            self.entries.move_to_end(key)
+        else:
+            value = None
+        self.sweep()
+        return value
+
+    def evict(self, fraction: float) -> None:
+        target = fraction * self.bytes
+        before = self.bytes
+        self.sweep()
+        while self.entries and before - self.bytes < target:
+            self.entries.popitem(last=False)
+
+    def invalidate(self, prefix: str) -> None:
+        self.sweep()
+        for k in [
+            k for k in self.entries if (k[0] if isinstance(k, tuple) else k).startswith(prefix)
+        ]:
+            del self.entries[k]
 
 
 class CacheMachine(RuleBasedStateMachine):
-    """Random operations on a small cache; the books must balance after each one."""
+    """Random operations on a small cache, checked against :class:`ReferenceCache`."""
 
     def __init__(self) -> None:
         super().__init__()
         self.timer = FakeTimer()
-        self.cache = make_cache(max_bytes=BUDGET, ttl=10, max_entries=5, timer=self.timer)
-        self.last_set: dict[Any, str] = {}  # the only value a key may return
+        self.cache = make_cache(max_bytes=BUDGET, ttl=10, max_entries=MAX_ENTRIES, timer=self.timer)
+        self.model = ReferenceCache(self.timer, ttl=10)
 
-    @rule(key=st.sampled_from(KEYS), size=st.integers(0, 900), ttl=st.none() | st.floats(0.5, 20))
+    @rule(key=st.sampled_from(KEYS), size=SIZES, ttl=st.none() | st.floats(0.5, 20))
     def set(self, key: Any, size: int, ttl: float | None) -> None:
         value = f"{key}:" + "x" * size
-        self.last_set[key] = value
-        if entry_size(key, value) > BUDGET:
-            with pytest.raises(CacheValueTooLarge):
-                self.cache.set(key, value, ttl=ttl)
-            assert key not in self.cache
-        else:
+        if self.model.set(key, value, ttl):
             self.cache.set(key, value, ttl=ttl)
             assert self.cache.get(key) == value  # just stored, so it is there
+            self.model.get(key)
+        else:
+            with pytest.raises(CacheValueTooLarge):
+                self.cache.set(key, value, ttl=ttl)
 
     @rule(key=st.sampled_from(KEYS))
     def get(self, key: Any) -> None:
-        value = self.cache.get(key)
-        assert value is None or value == self.last_set[key]
+        assert self.cache.get(key) == self.model.get(key)
 
     @rule(key=st.sampled_from(KEYS))
     def delete(self, key: Any) -> None:
         self.cache.delete(key)
-        assert key not in self.cache
+        self.model.entries.pop(key, None)
 
     @rule(seconds=st.floats(0, 15))
     def tick(self, seconds: float) -> None:
@@ -643,34 +714,42 @@ class CacheMachine(RuleBasedStateMachine):
 
     @rule(fraction=st.floats(0, 1))
     def evict(self, fraction: float) -> None:
-        before = self.cache.bytes
+        before = self.cache.cached_bytes
         freed = self.cache.evict_fraction(fraction, trim=False)
-        assert freed.bytes_accounted >= fraction * before - 1e-6
-        assert self.cache.bytes == before - freed.bytes_accounted
+        self.model.evict(fraction)
+        assert freed.bytes_accounted >= fraction * before
+        assert self.cache.cached_bytes == before - freed.bytes_accounted
 
     @rule(prefix=st.sampled_from(["k", "k1", "memo", "zz"]))
     def invalidate(self, prefix: str) -> None:
         self.cache.invalidate(prefix)
-        assert not any(
-            k in self.cache for k in KEYS if (k[0] if isinstance(k, tuple) else k).startswith(prefix)
-        )
+        self.model.invalidate(prefix)
 
-    @precondition(lambda self: len(self.last_set) > 0)
     @rule()
     def clear(self) -> None:
         self.cache.clear()
-        assert len(self.cache) == 0
+        self.model.entries.clear()
 
     @invariant()
-    def books_balance(self) -> None:
+    def same_entries_in_the_same_order(self) -> None:
         audit(self.cache)
-        stats = self.cache.stats()
-        assert stats["bytes"] <= BUDGET and stats["entries"] <= 5
+        actual = [(k, e[0], e[1], e[2]) for k, e in self.cache._data.items()]
+        expected = [(k, *e) for k, e in self.model.entries.items()]
+        assert actual == expected
+        assert self.cache.cached_bytes == self.model.bytes <= BUDGET
+        assert len(self.cache._data) == len(self.model.entries) <= MAX_ENTRIES
+
+    @rule()
+    def stats(self) -> None:
+        stats = self.cache.stats()  # which sweeps expired entries, as len() would
+        self.model.sweep()
+        assert stats["bytes"] == self.model.bytes
+        assert stats["entries"] == len(self.cache) == len(self.model.entries)
 
 
 TestCacheMachine = CacheMachine.TestCase
 TestCacheMachine.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
+    max_examples=100, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
 )
 
 
@@ -678,8 +757,9 @@ OPS = st.lists(
     st.tuples(
         st.sampled_from(["set", "set", "get", "delete", "evict", "invalidate", "tick"]),
         st.integers(0, 15),  # key
-        st.integers(0, 3000),  # value size
+        st.one_of(st.integers(0, 100), st.integers(0, 3000)),  # value size
     ),
+    min_size=30,
     max_size=200,
 )
 
@@ -701,28 +781,25 @@ def test_caps_hold_from_several_threads_at_once(programs: list[list[tuple[str, i
 
     def run(program: list[tuple[str, int, int]]) -> None:
         start.wait()
-        try:
-            for op, k, size in program:
-                key = f"k{k}"
-                if op == "set":
-                    try:
-                        cache.set(key, "v" * size * 4)
-                    except CacheValueTooLarge:
-                        pass
-                elif op == "get":
-                    value = cache.get(key)
-                    assert value is None or set(value) <= {"v"}
-                elif op == "delete":
-                    cache.delete(key)
-                elif op == "evict":
-                    cache.evict_fraction(size / 3000, trim=False)
-                elif op == "invalidate":
-                    cache.invalidate(f"k{k % 3}")
-                else:
-                    with timer_lock:
-                        clock[0] += size / 1000
-        except BaseException as e:  # reported from the main thread
-            failures.append(e)
+        for op, k, size in program:
+            key = f"k{k}"
+            if op == "set":
+                try:
+                    cache.set(key, key + "v" * size)
+                except CacheValueTooLarge:
+                    pass
+            elif op == "get":
+                value = cache.get(key)
+                assert value is None or value.rstrip("v") == key
+            elif op == "delete":
+                cache.delete(key)
+            elif op == "evict":
+                cache.evict_fraction(size / 3000, trim=False)
+            elif op == "invalidate":
+                cache.invalidate(f"k{k % 3}")
+            else:
+                with timer_lock:
+                    clock[0] += size / 1000
 
     def watch() -> None:
         start.wait()
@@ -732,14 +809,19 @@ def test_caps_hold_from_several_threads_at_once(programs: list[list[tuple[str, i
             assert cache._bytes <= 10_000
             assert len(cache._data) <= 8
 
-    threads = [threading.Thread(target=run, args=(p,)) for p in programs]
-    watcher = threading.Thread(target=lambda: _collect(watch, failures))
-    for t in [*threads, watcher]:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    done.set()
-    watcher.join(timeout=30)
+    threads = [threading.Thread(target=_collect, args=(run, p, failures)) for p in programs]
+    watcher = threading.Thread(target=_collect, args=(lambda _: watch(), None, failures))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so that races show
+    try:
+        for t in [*threads, watcher]:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        done.set()
+        watcher.join(timeout=30)
+    finally:
+        sys.setswitchinterval(interval)
     if failures:
         raise failures[0]
     audit(cache)
@@ -747,10 +829,10 @@ def test_caps_hold_from_several_threads_at_once(programs: list[list[tuple[str, i
     assert stats["bytes"] <= 10_000 and stats["entries"] <= 8
 
 
-def _collect(fn: Callable[[], None], failures: list[BaseException]) -> None:
+def _collect(fn: Callable[[Any], None], arg: Any, failures: list[BaseException]) -> None:
     try:
-        fn()
-    except BaseException as e:
+        fn(arg)
+    except BaseException as e:  # re-raised from the main thread
         failures.append(e)
 
 
@@ -812,11 +894,11 @@ from pmrun.cache import SharedPromptCache
 cache = SharedPromptCache("50MB", 300, 0.75, max_entries=100_000, auto_attach=False)
 rng = random.Random(7)
 i = 0
-while cache.bytes < 45 << 20:
+while cache.cached_bytes < 45 << 20:
     size = rng.randint(1024, 50 * 1024)
     cache.set(f"prompt:{i:08d}", os.urandom(size // 2).hex())
     i += 1
-print(json.dumps({"bytes": cache.bytes, "entries": len(cache)}), flush=True)
+print(json.dumps({"bytes": cache.cached_bytes, "entries": len(cache)}), flush=True)
 sys.stdin.readline()
 freed = cache.evict_fraction(0.75)
 print(json.dumps(freed.as_dict()), flush=True)

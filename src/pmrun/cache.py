@@ -40,7 +40,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import asdict, dataclass
 from functools import wraps
 from typing import Any, ClassVar, ParamSpec, TypeVar, overload
@@ -193,28 +193,27 @@ class SharedPromptCache:
         name: str = "prompt-cache",
         auto_attach: bool = True,
     ) -> None:
+        cfg: Mapping[str, Any] = {}
         if None in (max_bytes, ttl, pressure_fraction, max_entries):
             from .config import load
 
             cfg = load()
-            max_bytes = cfg["cache.max-bytes"] if max_bytes is None else max_bytes
-            ttl = cfg["cache.ttl"] if ttl is None else ttl
-            pressure_fraction = (
+        try:
+            self._max_bytes = parse_size(cfg["cache.max-bytes"] if max_bytes is None else max_bytes)
+            self._pressure_fraction = parse_fraction(
                 cfg["cache.pressure-fraction"] if pressure_fraction is None else pressure_fraction
             )
-            max_entries = cfg["cache.max-entries"] if max_entries is None else max_entries
-        assert max_bytes is not None and ttl is not None and max_entries is not None
-        assert pressure_fraction is not None
-        self._max_bytes = parse_size(max_bytes)
+        except SizeError as e:
+            raise SizeError(f"SharedPromptCache: {e}") from None
         if self._max_bytes < 1:
-            raise UsageError("max_bytes must be at least 1 byte (cache.max-bytes)")
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise UsageError("max_bytes (cache.max-bytes) must be at least 1 byte")
+        entries = cfg["cache.max-entries"] if max_entries is None else max_entries
+        if isinstance(entries, bool) or not isinstance(entries, int) or entries < 1:
             raise UsageError(
-                f"max_entries must be a whole number of at least 1, not {max_entries!r}"
+                f"max_entries (cache.max-entries) must be a whole number, at least 1, not {entries!r}"
             )
-        self._max_entries = max_entries
-        self._ttl = _positive_seconds(ttl, "ttl")
-        self._pressure_fraction = parse_fraction(pressure_fraction)
+        self._max_entries = entries
+        self._ttl = _positive_seconds(cfg["cache.ttl"] if ttl is None else ttl, "ttl (cache.ttl)")
         self._timer = timer
         self.name = name
 
@@ -246,9 +245,9 @@ class SharedPromptCache:
     @classmethod
     def shared(cls) -> SharedPromptCache:
         """The process's common cache, built from the settings on first use."""
-        with cls._shared_lock:
+        with SharedPromptCache._shared_lock:
             if SharedPromptCache._shared is None:
-                SharedPromptCache._shared = cls()
+                SharedPromptCache._shared = SharedPromptCache()
             return SharedPromptCache._shared
 
     # Limits, read-only: a cache is rebuilt, not resized.
@@ -269,7 +268,7 @@ class SharedPromptCache:
         return self._pressure_fraction
 
     @property
-    def bytes(self) -> int:
+    def cached_bytes(self) -> int:
         """Bytes held by the entries, as counted when they were stored."""
         return self._bytes
 
