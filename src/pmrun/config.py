@@ -43,6 +43,23 @@ def _parse_int(v: Any) -> int:
     return i
 
 
+def _parse_positive_int(v: Any) -> int:
+    i = _parse_int(v)
+    if i == 0:
+        raise ValueError("expected a whole number, 1 or more")
+    return i
+
+
+def _parse_ttl(v: Any) -> float:
+    """Seconds, more than 0; ``off`` means entries never expire."""
+    if isinstance(v, str) and v.strip().lower() in ("off", "none", "never"):
+        return float("inf")
+    f = _parse_float(v)
+    if f == 0:
+        raise ValueError("expected seconds, more than 0 (or off)")
+    return f
+
+
 def _parse_bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -234,10 +251,17 @@ SETTINGS: tuple[Setting, ...] = (
         "cache",
         "PMRUN_CACHE_MAX_ENTRIES",
         500,
-        _parse_int,
+        _parse_positive_int,
         "entry cap of SharedPromptCache",
     ),
-    Setting("ttl", "cache", "PMRUN_CACHE_TTL", 300.0, _parse_float, "seconds an entry lives"),
+    Setting(
+        "ttl",
+        "cache",
+        "PMRUN_CACHE_TTL",
+        300.0,
+        _parse_ttl,
+        "seconds an entry lives ('off': no expiry)",
+    ),
     Setting(
         "pressure-fraction",
         "cache",
