@@ -127,6 +127,7 @@ class Launcher:
         self._main_thread = threading.get_ident()
         self._recorder: Any = None
         self._link: Any = None
+        self._start_times: dict[int, int] = {}  # pid -> start time, for the coordinator
 
     # -- the parts --------------------------------------------------------------
 
@@ -331,8 +332,8 @@ class Launcher:
                     biggest = TopProcess(top.pid, _name(top.pid), top.rss_bytes)
                 else:
                     biggest.rss_bytes = top.rss_bytes
-            self._observe(s)
             crossing = watch.observe(s.rss_bytes)
+            self._observe(s, watch.peak_bytes, force=crossing is not policy.Crossing.NONE)
             if crossing is policy.Crossing.WARN:
                 warned_at = time.time()
                 msg = (
@@ -410,20 +411,33 @@ class Launcher:
         )
         return report
 
-    def _observe(self, s: Sample) -> None:
-        """Hand one sample to the recorder and the coordinator link."""
+    def _observe(self, s: Sample, peak: int, *, force: bool = False) -> None:
+        """Hand one sample to the recorder and the coordinator link.
+
+        ``force`` records the sample even inside the recorder's minimum interval: the
+        sample that crossed a limit must be in the recording.
+        """
         if self._recorder is not None:
             procs = {p.pid: p.rss_bytes for p in s.processes}
             names = {p: _name(p) for p in procs if not self._recorder.knows(p)}
-            self._recorder.sample(s.rss_bytes, procs, names)
+            self._recorder.sample(s.rss_bytes, procs, names, force=force)
         if self._link is not None:
+            # (pid, start time) identifies each process for the coordinator's orphan
+            # cleanup; a start time never changes, so read it once per pid.
+            known = self._start_times
             pids = []
             for p in s.processes:
-                try:
-                    pids.append((p.pid, _procfs.start_time(p.pid)))
-                except _procfs.ProcessGone:
-                    continue
-            self._link.report(s.rss_bytes, 0, pids)
+                st = known.get(p.pid)
+                if st is None:
+                    try:
+                        st = known[p.pid] = _procfs.start_time(p.pid)
+                    except _procfs.ProcessGone:
+                        continue
+                pids.append((p.pid, st))
+            if len(known) > 4 * len(pids) + 64:
+                live = {p for p, _ in pids}
+                self._start_times = {p: t for p, t in known.items() if p in live}
+            self._link.report(s.rss_bytes, peak, pids)
 
     def _stop_tree(self, backend: Backend, watch: policy.LimitWatch) -> None:
         """SIGTERM the whole tree, wait up to the grace, then SIGKILL whatever is left."""
