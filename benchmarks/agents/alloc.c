@@ -3,6 +3,8 @@
  *
  *   alloc CAP_BYTES            grow until killed; exit 3 if CAP_BYTES is reached first
  *   alloc CAP_BYTES --rate     grow to CAP_BYTES, print "<bytes> <seconds>", exit 0
+ *   ... --thp                  madvise(MADV_HUGEPAGE) each chunk: 2 MiB faults where THP
+ *                              is "madvise" or "always" (the fastest growth a process gets)
  *
  * bench_launcher.py compiles this at run time (cc -O2) for the overshoot benchmark;
  * the cap keeps a launcher that fails to stop it from taking the machine down.
@@ -18,11 +20,15 @@
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: alloc CAP_BYTES [--rate]\n");
+        fprintf(stderr, "usage: alloc CAP_BYTES [--rate] [--thp]\n");
         return 2;
     }
     size_t cap_bytes = strtoull(argv[1], NULL, 10);
-    int rate = argc > 2 && strcmp(argv[2], "--rate") == 0;
+    int rate = 0, thp = 0;
+    for (int i = 2; i < argc; i++) {
+        rate |= strcmp(argv[i], "--rate") == 0;
+        thp |= strcmp(argv[i], "--thp") == 0;
+    }
     size_t page_bytes = (size_t)sysconf(_SC_PAGESIZE);
     size_t total_bytes = 0;
     struct timespec t0, t1;
@@ -34,6 +40,10 @@ int main(int argc, char **argv) {
             perror("mmap");
             return 4;
         }
+#ifdef MADV_HUGEPAGE
+        if (thp)
+            madvise((void *)p, CHUNK_BYTES, MADV_HUGEPAGE);
+#endif
         for (size_t i = 0; i < CHUNK_BYTES; i += page_bytes)
             p[i] = 1;
         total_bytes += CHUNK_BYTES;
