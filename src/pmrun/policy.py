@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import enum
 
-# The fastest a single process grew its RSS on this machine when allocating and
-# touching memory flat out (benchmarks/bench_launcher.py, `overshoot`): about 2.5 GiB/s.
-# The next sample comes before the headroom left could be eaten at that speed.
-ASSUMED_GROWTH_BPS = 4 << 30
+# The fastest growth of a single process's RSS measured on this machine
+# (benchmarks/bench_launcher.py, `overshoot`): 1.4 GiB/s for Python, 1.8-2.2 GiB/s
+# for C touching 4 KiB pages, 5.9-9.5 GiB/s for C with transparent huge pages.
+# The next sample comes before the headroom left could be eaten at this speed.
+ASSUMED_GROWTH_BPS = 8 << 30
 MIN_INTERVAL_S = 0.001  # near the limit: 1 ms between samples
 MAX_INTERVAL_S = 0.5  # far from it: still answer a limit crossing within half a second
 

@@ -21,6 +21,8 @@ class SamplingBackend(Backend):
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+        self._reader = _procfs.TreeReader()
+        self._samples = 0
 
     @property
     def _root(self) -> int:
@@ -28,21 +30,28 @@ class SamplingBackend(Backend):
 
     def pids(self) -> list[int]:
         try:
-            return _procfs.descendants(_procfs.children(self._root))
+            return self._reader.descendants(self._reader.children(self._root))
         except _procfs.ProcessGone:
             return []  # the keeper has exited: nothing is left
 
     def sample(self) -> Sample:
         procs: list[ProcSample] = []
         total = 0
-        for pid in self.pids():
+        pids = self.pids()
+        for pid in pids:
             try:
-                vsz, rss = _procfs.statm(pid)
+                vsz, rss = self._reader.statm(pid)
             except _procfs.ProcessGone:
                 continue
             total += rss
             procs.append(ProcSample(pid, rss, vsz))
+        self._samples += 1
+        if self._samples % 64 == 0:
+            self._reader.forget_others({self._root, *pids})
         return Sample(total, tuple(procs))
+
+    def close(self) -> None:
+        self._reader.close()
 
     def _tree(self) -> tuple[list[int], set[int]]:
         pids = self.pids()
