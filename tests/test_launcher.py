@@ -26,7 +26,26 @@ print("allocated", flush=True)
 time.sleep(hold)
 """
 
-BASE = ["--no-coordinator", "--backend", "sampling"]
+BASE = ["--no-coordinator"]
+
+
+def _backends() -> list[str]:
+    from pmrun.errors import CgroupError
+
+    try:
+        from pmrun.cgroups import detect
+
+        detect()
+        return ["sampling", "cgroup"]
+    except (ImportError, CgroupError):
+        return ["sampling"]
+
+
+@pytest.fixture(autouse=True, params=_backends())
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every scenario runs under each backend this machine has (PMRUN_BACKEND reaches pmrun)."""
+    monkeypatch.setenv("PMRUN_BACKEND", request.param)
+    return str(request.param)
 
 
 def alloc_cmd(mb: int, step: int = 4, hold: float = 30) -> list[str]:
@@ -434,7 +453,6 @@ def test_python_api_launch(tmp_path: Path) -> None:
         max_rss="100M",
         grace=0.5,
         coordinator=False,
-        backend="sampling",
         stdout=subprocess.DEVNULL,
     )
     assert agent.wait(60) == 137
@@ -451,7 +469,6 @@ def test_python_api_launch(tmp_path: Path) -> None:
     assert ok.report is not None and ok.report["reason"] == "exit"
 
 
-@pytest.mark.parametrize("backend", ["sampling"])
 def test_sigkill_of_pmrun_leaves_no_daemon_behind(tmp_path: Path, backend: str) -> None:
     """The keeper kills the whole tree, double-forked setsid daemon included."""
     pidfile = tmp_path / "daemon.pid"

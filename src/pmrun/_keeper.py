@@ -76,6 +76,7 @@ def run_keeper(
     spawn: Callable[[], int],
     launcher: int,
     status_w: int,
+    cleanup: Callable[[], None] | None = None,
 ) -> None:
     """Body of the keeper process; never returns (``os._exit``)."""
     import prctl
@@ -102,6 +103,8 @@ def run_keeper(
             info = signal.sigwaitinfo(waited)
             if info.si_signo == PARENT_DIED:
                 kill_below(os.getpid())
+                if cleanup is not None:
+                    cleanup()  # e.g. remove the agent's cgroup, which nobody else will now
                 os._exit(1)
             reaped, any_left = _reap_all()
             for child, status, maxrss in reaped:
@@ -133,6 +136,7 @@ class Keeper:
         *,
         max_as: int | None,
         prepare: Callable[[], None] | None,
+        cleanup: Callable[[], None] | None = None,
     ) -> int:
         """Fork the keeper, which starts the command; return the command's pid.
 
@@ -157,6 +161,7 @@ class Keeper:
                 ),
                 launcher,
                 w,
+                cleanup,
             )
         os.close(w)
         self.pid = pid

@@ -253,7 +253,11 @@ class Launcher:
         start_wall = time.time()
         try:
             self._pid = self._keeper.start(
-                self.argv, env, max_as=lim.max_as, prepare=backend.prepare_child
+                self.argv,
+                env,
+                max_as=lim.max_as,
+                prepare=backend.prepare_child,
+                cleanup=backend.close,
             )
         except BaseException:
             backend.close()
@@ -318,6 +322,7 @@ class Launcher:
         reason = "exit"
         stop: dict[str, Any] | None = None
         oom_before = backend.kernel_oom_kills()
+        usage_at_peak: int | None = None
         while self._child_status is None:
             s = backend.sample()
             samples += 1
@@ -326,6 +331,8 @@ class Launcher:
             last_rss, last_t = s.rss_bytes, now
             if s.processes:
                 peak_vsz = max(peak_vsz, max(p.vsz_bytes for p in s.processes))
+            if s.rss_bytes >= watch.peak_bytes:
+                usage_at_peak = s.kernel_usage_bytes
             if s.rss_bytes >= watch.peak_bytes and s.processes:
                 top = max(s.processes, key=lambda p: p.rss_bytes)
                 if biggest is None or biggest.pid != top.pid:
@@ -349,6 +356,12 @@ class Launcher:
                 break
             if self._order is not None:
                 reason, stop = self._order[0], dict(self._order[1])
+                break
+            if backend.kernel_oom_kills() > oom_before:
+                # The kernel's backstop killed a process of the group: the agent is
+                # broken now; stop the rest rather than leave it half alive.
+                reason = "kernel-oom"
+                stop = {"rss": s.rss_bytes, "oom_kills": _oom_detail(backend)}
                 break
             interval = policy.next_interval_s(s.rss_bytes, lim.max_rss, growth)
             if lim.max_as is not None and s.processes:
@@ -376,13 +389,14 @@ class Launcher:
         if reason == "exit":
             if oom_kills > 0 and term_sig == signal.SIGKILL:
                 reason = "kernel-oom"
+                stop = {"oom_kills": _oom_detail(backend)}
             elif policy.looks_like_max_as(
                 wait_status=status, peak_vsz_bytes=peak_vsz, max_as_bytes=lim.max_as
             ):
                 reason = "max-as"
             elif term_sig is not None:
                 reason = "signal"
-        if reason in ("max-rss", "pool", "system-pressure"):
+        if reason in ("max-rss", "pool", "system-pressure", "kernel-oom"):
             exit_status = ExitCode.MEMORY_LIMIT
         maxrss_kib = self._keeper.command_maxrss_kib
         report = ExitReport(
@@ -407,7 +421,12 @@ class Launcher:
             kernel_oom_kills=oom_kills,
             warned_at=warned_at,
             stop=stop,
-            extra={"peak_vsz_bytes": peak_vsz},
+            extra={
+                "peak_vsz_bytes": peak_vsz,
+                # cgroup: the raw usage (page cache included) when the counted peak was
+                # seen, beside the anonymous+shmem+swap figure the limits apply to.
+                "kernel_usage_at_peak_bytes": usage_at_peak,
+            },
         )
         return report
 
@@ -504,6 +523,17 @@ def _name(pid: int) -> str:
         return _procfs.comm(pid)
     except (_procfs.ProcessGone, OSError):
         return "?"
+
+
+def _oom_detail(backend: Backend) -> list[dict[str, object]]:
+    """Which processes the kernel's OOM killer chose, as far as the backend can tell."""
+    kills = getattr(backend, "oom_kills", None)
+    if kills is None:
+        return []
+    try:
+        return [k.to_dict() for k in kills()]
+    except Exception:  # the kernel log is a best effort; never fail the report for it
+        return []
 
 
 def _live(backend: Backend) -> bool:
