@@ -12,12 +12,15 @@ has no children left; its exit therefore means "the tree is empty".
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum for its IntEnums
 import os
-import signal
 import struct
-from collections.abc import Callable, Mapping
 
 from . import _procfs, _signals
+
+TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 # Sent by the kernel to the keeper when the launcher dies.
 PARENT_DIED = signal.SIGRTMIN + 4

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum for its IntEnums
 import os
-import signal
 
 from . import _procfs
 

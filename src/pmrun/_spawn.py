@@ -8,14 +8,17 @@ an exact errno back to the parent when exec fails (127 vs 126).
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum for its IntEnums
 import errno
 import os
 import resource
-import signal
 import sys
-from collections.abc import Callable, Mapping
 
 from .errors import CommandNotExecutable, CommandNotFound
+
+TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 
 def resolve(command: str, path: str | None) -> str:

@@ -11,7 +11,7 @@ Every resolved value remembers where it came from, which is what ``pmrun config`
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from _collections_abc import Mapping  # collections.abc without importing collections
 
 from .errors import ConfigError, PmrunError
 from .sizes import parse_fraction, parse_optional_size, parse_size
@@ -19,6 +19,7 @@ from .sizes import parse_fraction, parse_optional_size, parse_size
 TYPE_CHECKING = False  # not `from typing import`: the launch path avoids importing typing
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from pathlib import Path  # imported at run time only when a config file exists
     from typing import Any
 

@@ -9,9 +9,9 @@ a signal, a sample and a reap.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum for its IntEnums
+import _thread
 import os
-import signal
-import threading
 import time
 
 from . import _procfs, policy
@@ -124,7 +124,7 @@ class Launcher:
         self._keeper_done = False  # the keeper exited: no process of the tree is left
         self._pid = 0
         self._pidfd: int | None = None
-        self._main_thread = threading.get_ident()
+        self._main_thread = _thread.get_ident()
         self._recorder: Any = None
         self._link: Any = None
         self._start_times: dict[int, int] = {}  # pid -> start time, for the coordinator
@@ -340,8 +340,8 @@ class Launcher:
                 else:
                     biggest.rss_bytes = top.rss_bytes
             crossing = watch.observe(s.rss_bytes)
-            self._observe(s, watch.peak_bytes, force=crossing is not policy.Crossing.NONE)
-            if crossing is policy.Crossing.WARN:
+            self._observe(s, watch.peak_bytes, force=crossing != policy.Crossing.NONE)
+            if crossing == policy.Crossing.WARN:
                 warned_at = time.time()
                 msg = (
                     f"warning: {self.settings.name} (pid {self._pid}) tree RSS {format_size(s.rss_bytes)}"
@@ -350,7 +350,7 @@ class Launcher:
                 if not self.settings.quiet:
                     self._say(msg)
                 self._event("warn", rss=s.rss_bytes, warn_rss=lim.warn_rss)
-            elif crossing is policy.Crossing.MAX:
+            elif crossing == policy.Crossing.MAX:
                 reason = "max-rss"
                 stop = {"rss": s.rss_bytes, "max_rss": lim.max_rss}
                 break

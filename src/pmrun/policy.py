@@ -6,8 +6,6 @@ The coordinator's own decisions (pressure levels, victims) live in
 
 from __future__ import annotations
 
-import enum
-
 # The fastest growth of a single process's RSS measured on this machine
 # (benchmarks/bench_launcher.py, `overshoot`): 1.4 GiB/s for Python, 1.8-2.2 GiB/s
 # for C touching 4 KiB pages, 5.9-9.5 GiB/s for C with transparent huge pages.
@@ -38,7 +36,9 @@ def next_interval_s(
     return min(max(headroom / rate, min_s), max_s)
 
 
-class Crossing(enum.Enum):
+class Crossing:
+    """What one sample crossed (plain constants: enum costs every agent start ~2 ms)."""
+
     NONE = "none"
     WARN = "warn"  # the soft threshold was crossed for the first time
     MAX = "max"  # the hard limit was crossed: stop the tree
@@ -56,7 +56,7 @@ class LimitWatch:
         self.warned = False
         self.stopped = False
 
-    def observe(self, rss_bytes: int) -> Crossing:
+    def observe(self, rss_bytes: int) -> str:
         """Feed one sample; returns what, if anything, was crossed for the first time."""
         self.peak_bytes = max(self.peak_bytes, rss_bytes)
         if not self.stopped and rss_bytes > self.max_bytes:
@@ -100,8 +100,8 @@ def looks_like_max_as(
     MemoryError, an abort or a SIGSEGV. We call it ``max-as`` when the command ended
     badly and its address space had come within ``near`` of the limit.
     """
+    import _signal as signal  # the C module: signal.py imports enum
     import os
-    import signal
 
     if max_as_bytes is None:
         return False

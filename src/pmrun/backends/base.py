@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # Plain classes with __slots__ rather than dataclasses on the launch path: every agent
 # start pays for class creation, and a dataclass costs about a millisecond to build.

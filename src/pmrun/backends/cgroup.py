@@ -11,11 +11,14 @@ docs/cgroups.md.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from .. import _procfs, cgroups
 from ..errors import CgroupError
 from .base import Backend, ProcSample, Sample
+
+TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # The kernel's hard limit is max_rss plus this margin. The floor covers what the group
 # is charged that pmrun does not count: page tables (~0.2 % of anonymous memory), slab,

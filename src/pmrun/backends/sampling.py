@@ -7,13 +7,16 @@ to the keeper. The tree is therefore "every descendant of the keeper".
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum for its IntEnums
 import os
-import signal
 import time
-from collections.abc import Callable
 
 from .. import _procfs, _signals
 from .base import Backend, ProcSample, Sample
+
+TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class SamplingBackend(Backend):

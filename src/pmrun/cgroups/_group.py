@@ -8,15 +8,18 @@ emptying the group. Killing freezes first (v1 ``freezer.state``) or uses ``cgrou
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum for its IntEnums
 import errno
 import os
-import signal
 import time
-from collections.abc import Callable
 
 from ..errors import CgroupError
 from ._layout import LAUNCHER_LEAF, Layout, read_text
 from ._parse import MemoryStat, memory_stat_v1, memory_stat_v2, parse_flat_keyed, parse_limit
+
+TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 KILL_TIMEOUT_S = 10.0  # SIGKILLed processes still listed after this are stuck in the kernel
 FREEZE_TIMEOUT_S = 1.0  # a freeze not done by then (a task in D state) is killed unfrozen

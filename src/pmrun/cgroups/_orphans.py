@@ -10,13 +10,16 @@ one parent group must share a pid namespace (they do when they share a container
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from .. import _procfs
 from ..errors import CgroupError
 from ._group import KILL_TIMEOUT_S, AgentGroup, open_group, remove_if_empty
 from ._layout import PROC, Layout, detect
 from ._parse import parse_group_name
+
+TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def launcher_alive(pid: int, start_time: int, proc: str = PROC) -> bool:
