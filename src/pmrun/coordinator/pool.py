@@ -1,0 +1,313 @@
+"""The coordinator's state: registered agents and services, and what the pool counts.
+
+What the pool counts
+--------------------
+The pool is the sum, over registered agents, of each agent's memory:
+
+- far from the thresholds, the figure its launcher reports (the tree's RSS, or for a
+  cgroup backend the group's anonymous memory plus swap): cheap, sent at most every
+  few hundred ms;
+- near them (from :data:`PSS_ZONE` of the pool, or at the warning level of any signal),
+  the *proportional set size* of the agent's reported processes, read by the coordinator
+  from ``/proc/PID/smaps_rollup``: a page shared by N processes counts 1/N to each, so
+  forked workers and shared libraries are not counted twice. Between two PSS reads
+  (at most one per second) the figure follows the reported RSS's changes. An agent whose
+  processes cannot be read (no pids reported, e.g. a cgroup backend) keeps its reported
+  figure.
+
+System memory is MemTotal minus MemAvailable, or, where the coordinator runs in a memory
+cgroup whose limit is below MemTotal (a container), that limit and the group's usage
+minus its inactive file cache (the "working set" container tools show).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import _procfs
+from .policy import Candidate
+
+PSS_ZONE = 0.80  # pool used / pool limit from which PSS replaces RSS
+UNLIMITED = 1 << 62  # cgroup v1 reports "no limit" as a huge page-aligned number
+
+
+@dataclass
+class AgentEntry:
+    """One registered agent. Sizes in bytes, times in seconds."""
+
+    agent_id: str
+    name: str
+    launcher_pid: int
+    launcher_start: int | None  # the launcher's start time (ticks): its identity with the pid
+    child_pid: int
+    uid: int  # the launcher's uid from SO_PEERCRED, not from the message
+    argv: list[str]
+    max_rss: int | None
+    warn_rss: int | None
+    priority: int
+    backend: dict[str, Any]
+    started: float  # unix time
+    rss_bytes: int = 0
+    peak_bytes: int = 0
+    pids: list[list[int]] = field(default_factory=list)
+    state: str = "running"
+    pss_bytes: int | None = None  # last PSS of its processes
+    rss_at_pss: int = 0  # its reported figure when PSS was read
+    stop_reason: str | None = None
+    stop_sent_at: float | None = None  # monotonic
+    last_report_at: float = 0.0  # monotonic
+
+    def pool_bytes(self, use_pss: bool) -> int:
+        """What this agent counts in the pool (see the module docstring)."""
+        if use_pss and self.pss_bytes is not None:
+            return max(0, self.pss_bytes + (self.rss_bytes - self.rss_at_pss))
+        return self.rss_bytes
+
+    def to_status(self, now_wall: float) -> dict[str, Any]:
+        return {
+            "id": self.agent_id,
+            "name": self.name,
+            "pid": self.launcher_pid,
+            "child_pid": self.child_pid,
+            "uid": self.uid,
+            "argv": self.argv,
+            "rss_bytes": self.rss_bytes,
+            "pss_bytes": self.pss_bytes,
+            "peak_bytes": self.peak_bytes,
+            "warn_bytes": self.warn_rss,
+            "max_bytes": self.max_rss,
+            "priority": self.priority,
+            "started": self.started,
+            "age_s": round(max(0.0, now_wall - self.started), 3),
+            "state": self.state,
+            "stop_reason": self.stop_reason,
+            "backend": self.backend,
+            "processes": len(self.pids),
+        }
+
+
+@dataclass
+class ServiceEntry:
+    """One registered cleanup handler (a process may register several on one connection)."""
+
+    name: str
+    pid: int
+    agent_id: str | None
+    conn_id: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    rss_bytes: int = 0  # the service process's RSS at its last stats
+    last_eviction: dict[str, Any] | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        held = self.stats.get("bytes") if isinstance(self.stats, dict) else None
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "agent": self.agent_id,
+            "bytes": held if isinstance(held, int) else None,
+            "process_rss_bytes": self.rss_bytes,
+            "stats": self.stats,
+            "last_eviction": self.last_eviction,
+        }
+
+
+class Pool:
+    """Agents by id and services by (connection, name)."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, AgentEntry] = {}
+        self.services: dict[tuple[int, str], ServiceEntry] = {}
+
+    def rss_total(self) -> int:
+        return sum(a.rss_bytes for a in self.agents.values())
+
+    def used(self, use_pss: bool) -> int:
+        return sum(a.pool_bytes(use_pss) for a in self.agents.values())
+
+    def stopping(self, now: float, pending_s: float) -> list[AgentEntry]:
+        """Agents told to stop less than ``pending_s`` ago: their memory is on its way out."""
+        return [
+            a
+            for a in self.agents.values()
+            if a.stop_sent_at is not None and now - a.stop_sent_at < pending_s
+        ]
+
+    def candidates(self, use_pss: bool, now: float, pending_s: float) -> list[Candidate]:
+        """Agents that may be stopped: all but those already stopping."""
+        busy = {a.agent_id for a in self.stopping(now, pending_s)}
+        return [
+            Candidate(a.agent_id, a.name, a.pool_bytes(use_pss), a.priority, a.started)
+            for a in self.agents.values()
+            if a.agent_id not in busy and a.state not in ("exited", "stopping")
+        ]
+
+    def find_agents(self, name_or_id: str) -> list[AgentEntry]:
+        """Agents whose id or name is ``name_or_id``."""
+        if name_or_id in self.agents:
+            return [self.agents[name_or_id]]
+        return [a for a in self.agents.values() if a.name == name_or_id]
+
+    def services_of(self, agent_ids: set[str] | None) -> list[ServiceEntry]:
+        """Services of the given agents (every service when None)."""
+        if agent_ids is None:
+            return list(self.services.values())
+        return [s for s in self.services.values() if s.agent_id in agent_ids]
+
+    def pss_snapshot(self) -> dict[str, tuple[list[int], int]]:
+        """What a PSS refresh needs: agent id -> (pids, its reported figure now)."""
+        return {
+            a.agent_id: ([p for p, _ in a.pids], a.rss_bytes)
+            for a in self.agents.values()
+            if a.pids
+        }
+
+    def apply_pss(self, measured: dict[str, tuple[int | None, int]]) -> None:
+        for agent_id, (pss, rss_then) in measured.items():
+            a = self.agents.get(agent_id)
+            if a is not None and pss is not None:
+                a.pss_bytes, a.rss_at_pss = pss, rss_then
+
+    def status(self, now_wall: float) -> dict[str, Any]:
+        agents = []
+        for a in sorted(self.agents.values(), key=lambda a: a.started):
+            d = a.to_status(now_wall)
+            d["services"] = [s.to_status() for s in self.services_of({a.agent_id})]
+            agents.append(d)
+        known = set(self.agents)
+        loose = [s.to_status() for s in self.services.values() if s.agent_id not in known]
+        return {"agents": agents, "services": loose}
+
+
+def measure_pss(
+    snapshot: dict[str, tuple[list[int], int]], proc: str = _procfs.PROC
+) -> dict[str, tuple[int | None, int]]:
+    """PSS of each agent's processes (blocking I/O: run it off the event loop).
+
+    An agent none of whose processes could be read gets None (keep its reported figure).
+    """
+    out: dict[str, tuple[int | None, int]] = {}
+    for agent_id, (pids, rss_then) in snapshot.items():
+        total, readable = 0, False
+        for pid in pids:
+            try:
+                total += _procfs.uss_pss(pid, proc)[1]
+                readable = True
+            except (_procfs.ProcessGone, OSError, ValueError):
+                continue
+        out[agent_id] = (total if readable else None, rss_then)
+    return out
+
+
+# -- system memory, container-aware ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SystemMemory:
+    total_bytes: int
+    used_bytes: int
+    source: str  # "meminfo", or "cgroup v1 /path" / "cgroup v2 /path" when a limit binds
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return UNLIMITED
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _stat_value(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.partition(" ")
+                if k == key:
+                    return int(v)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def own_cgroup_dirs(proc: str, cgroup_root: str) -> list[tuple[str, str]]:
+    """(version, directory) of our memory cgroup and its ancestors, innermost first."""
+    try:
+        with open(f"{proc}/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hier == "0" and controllers == "":
+            if not os.path.exists(os.path.join(cgroup_root, "cgroup.controllers")):
+                continue  # hybrid layout: the memory controller is on v1
+            version, base = "v2", cgroup_root
+        elif "memory" in controllers.split(","):
+            version, base = "v1", os.path.join(cgroup_root, "memory")
+        else:
+            continue
+        dirs: list[tuple[str, str]] = []
+        rel = path.strip("/")
+        # Inside a cgroup namespace the path may not exist under the mount: then the
+        # mount's root is our group.
+        while rel:
+            d = os.path.join(base, rel)
+            if os.path.isdir(d):
+                dirs.append((version, d))
+            rel = os.path.dirname(rel)
+        dirs.append((version, base))
+        return dirs
+    return []
+
+
+def cgroup_memory(
+    proc: str = _procfs.PROC,
+    cgroup_root: str = "/sys/fs/cgroup",
+    dirs: list[tuple[str, str]] | None = None,
+) -> tuple[int, int, str] | None:
+    """(limit, working set, source) of the tightest memory cgroup limit over us, if any.
+
+    Working set = usage minus inactive file cache, as ``docker stats`` and the kubelet count.
+    ``dirs`` is :func:`own_cgroup_dirs`'s answer, when the caller keeps it.
+    """
+    best: tuple[int, int, str] | None = None
+    if dirs is None:
+        dirs = own_cgroup_dirs(proc, cgroup_root)
+    for version, d in dirs:
+        if version == "v1":
+            limit = _read_int(os.path.join(d, "memory.limit_in_bytes"))
+            usage_file, inactive_key = "memory.usage_in_bytes", "total_inactive_file"
+        else:
+            limit = _read_int(os.path.join(d, "memory.max"))
+            usage_file, inactive_key = "memory.current", "inactive_file"
+        if limit is None or limit >= UNLIMITED:
+            continue
+        if best is None or limit < best[0]:
+            usage = _read_int(os.path.join(d, usage_file)) or 0
+            inactive = _stat_value(os.path.join(d, "memory.stat"), inactive_key)
+            best = (limit, max(0, usage - inactive), f"cgroup {version} {d}")
+    return best
+
+
+def system_memory(
+    proc: str = _procfs.PROC,
+    cgroup_root: str = "/sys/fs/cgroup",
+    dirs: list[tuple[str, str]] | None = None,
+) -> SystemMemory:
+    """Memory total and used for the system threshold: the host's, or the container's if smaller."""
+    mi = _procfs.meminfo(proc)
+    total = mi.get("MemTotal", 0)
+    available = mi.get("MemAvailable", mi.get("MemFree", 0))
+    host = SystemMemory(total, max(0, total - available), "meminfo")
+    cg = cgroup_memory(proc, cgroup_root, dirs)
+    if cg is not None and cg[0] < total:
+        return SystemMemory(cg[0], cg[1], cg[2])
+    return host

@@ -1,0 +1,302 @@
+"""The launcher's side: AgentLink (throttling, heartbeat, reconnects, stop orders, close)
+against a scripted fake coordinator, and ensure_coordinator starting a real one on demand."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from coordinator_fixtures import PYTHON, pid_alive, procs, sockdir, wait_until  # noqa: F401
+from pmrun.coordinator import protocol as p
+from pmrun.coordinator import query
+from pmrun.coordinator.link import AgentLink, ensure_coordinator
+from pmrun.errors import SocketSecurityError
+
+MIB = 1 << 20
+
+
+class FakeCoordinator:
+    """Accepts connections and records every decoded frame; can answer and hang up."""
+
+    def __init__(self, path: str, *, ack: bool = True) -> None:
+        self.path = path
+        self.ack = ack
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.frames: list[tuple[int, p.Message, float]] = []
+        self.conns: list[socket.socket] = []
+        self._closed = False
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            t = threading.Thread(target=self._serve, args=(len(self.conns) - 1, conn), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, index: int, conn: socket.socket) -> None:
+        buf = p.FrameBuffer()
+        try:
+            while data := conn.recv(1 << 16):
+                for frame in buf.feed(data):
+                    msg = p.decode(frame)
+                    self.frames.append((index, msg, time.monotonic()))
+                    if self.ack and isinstance(msg, p.Deregister):
+                        conn.sendall(p.encode(p.Ok(id=msg.id, of="deregister")))
+        except OSError:
+            pass
+
+    def of(self, kind: type) -> list[p.Message]:
+        return [m for _, m, _ in self.frames if isinstance(m, kind)]
+
+    def send(self, msg: p.Message) -> None:
+        self.conns[-1].sendall(p.encode(msg))
+
+    def hang_up(self) -> None:
+        self.conns[-1].shutdown(socket.SHUT_RDWR)  # closed in close(), after its reader ended
+
+    def close(self) -> None:
+        # Shut down before closing: a thread blocked in recv() on a closed descriptor would
+        # go on reading from whatever socket reuses its number next.
+        self._closed = True
+        for s in (self.sock, *self.conns):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self.threads:
+            t.join(5)
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def info(name: str = "agent") -> dict:
+    return {
+        "agent_id": f"id-{name}", "name": name, "launcher_pid": os.getpid(),
+        "child_pid": os.getpid(), "uid": os.geteuid(), "argv": ["x"], "max_rss": 1 << 30,
+        "warn_rss": None, "priority": 1, "backend": {"name": "sampling"}, "started": 1.0,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def fake(sockdir):  # noqa: F811
+    f = FakeCoordinator(str(sockdir / "c.sock"))
+    yield f
+    f.close()
+
+
+def test_report_is_cheap_and_only_meaningful_changes_are_sent_at_once(fake):
+    link = AgentLink(fake.path, info(), lambda r, d: None, heartbeat_s=5.0)
+    link.report(100 * MIB, 100 * MIB, [(1, 2)])
+    link.start()
+    wait_until(lambda: fake.of(p.Register), 5, "registered")
+    [reg] = fake.of(p.Register)
+    assert (reg.agent_id, reg.rss, reg.pids, reg.priority) == ("id-agent", 100 * MIB, [[1, 2]], 1)
+    t0 = time.perf_counter()
+    for i in range(20000):  # ~1000 samples/s near a limit, for 20 s
+        link.report(100 * MIB + (i % 7) * MIB, 110 * MIB, [(1, 2)])
+    per_call = (time.perf_counter() - t0) / 20000
+    assert per_call < 20e-6, f"report() took {per_call * 1e6:.1f} us"
+    assert fake.of(p.Report) == []  # nothing meaningful yet (< 8 MiB and < 5%)
+    link.report(150 * MIB, 150 * MIB, [(1, 2)])
+    t_change = time.monotonic()
+    wait_until(lambda: fake.of(p.Report), 2, "the big change is sent")
+    [(_, rep, at)] = [f for f in fake.frames if isinstance(f[1], p.Report)]
+    assert rep.rss == 150 * MIB and at - t_change < 0.2
+    link.close({"exit_code": 0})
+
+
+def test_heartbeat_resends_unchanged_figures(fake):
+    link = AgentLink(fake.path, info(), lambda r, d: None, heartbeat_s=0.05)
+    link.report(10 * MIB, 10 * MIB, [])
+    link.start()
+    wait_until(lambda: len(fake.of(p.Report)) >= 4, 5, "heartbeats")
+    assert {r.rss for r in fake.of(p.Report)} == {10 * MIB}
+    link.close({})
+
+
+def test_state_changes_and_events_are_sent_at_once(fake):
+    link = AgentLink(fake.path, info(), lambda r, d: None, heartbeat_s=10.0)
+    link.start()
+    wait_until(lambda: fake.of(p.Register), 5, "registered")
+    link.event("warn", rss_bytes=5, limit_bytes=4)
+    link.report(0, 0, [], state="stopping")
+    wait_until(lambda: fake.of(p.Event) and fake.of(p.Report), 2, "event and state sent")
+    assert fake.of(p.Event)[0] == p.Event(kind="warn", fields={"rss_bytes": 5, "limit_bytes": 4})
+    assert fake.of(p.Report)[0].state == "stopping"
+    link.close({})
+
+
+def test_a_stop_order_reaches_on_stop_in_the_link_thread(fake):
+    calls: list[tuple[str, dict, str]] = []
+    link = AgentLink(fake.path, info(),
+                     lambda r, d: calls.append((r, d, threading.current_thread().name)))  # fmt: skip
+    link.start()
+    wait_until(lambda: fake.of(p.Register), 5, "registered")
+    fake.send(p.Stop(reason="pool", detail={"needed_bytes": 5}))
+    wait_until(lambda: calls, 5, "on_stop called")
+    assert calls == [("pool", {"needed_bytes": 5}, "pmrun-link")]
+    assert link.stop_reason == "pool"
+    link.close({"exit_code": 137, "reason": "pool"})
+    [dereg] = fake.of(p.Deregister)
+    assert dereg.report == {"exit_code": 137, "reason": "pool"}
+
+
+def test_close_from_on_stop_itself_deregisters(fake):
+    holder: list[AgentLink] = []
+    link = AgentLink(fake.path, info(), lambda r, d: holder[0].close({"reason": r}))
+    holder.append(link)
+    link.start()
+    wait_until(lambda: fake.of(p.Register), 5, "registered")
+    fake.send(p.Stop(reason="system-pressure"))
+    wait_until(lambda: fake.of(p.Deregister), 5, "deregistered from the link thread")
+    assert fake.of(p.Deregister)[0].report == {"reason": "system-pressure"}
+
+
+def test_connection_lost_reconnects_with_backoff_and_registers_again(fake):
+    link = AgentLink(fake.path, info(), lambda r, d: None, backoff_s=(0.05, 0.2))
+    link.report(42 * MIB, 42 * MIB, [])
+    link.start()
+    wait_until(lambda: fake.of(p.Register), 5, "registered")
+    assert link.registrations == 1
+    fake.hang_up()
+    wait_until(lambda: len(fake.of(p.Register)) == 2, 5, "registered again")
+    regs = fake.of(p.Register)
+    assert len(regs) == 2 and regs[1].rss == 42 * MIB and regs[1].agent_id == "id-agent"
+    link.close({})
+
+
+def test_no_coordinator_never_raises_and_close_is_quick(sockdir):  # noqa: F811
+    link = AgentLink(str(sockdir / "nobody.sock"), info(), lambda r, d: None)
+    link.start()
+    for _ in range(1000):
+        link.report(1, 1, [])
+    link.event("warn")
+    t0 = time.monotonic()
+    link.close({})
+    assert time.monotonic() - t0 < 0.3
+    assert not link.connected
+
+
+def test_close_is_bounded_when_the_coordinator_does_not_answer(sockdir):  # noqa: F811
+    fake = FakeCoordinator(str(sockdir / "c.sock"), ack=False)
+    try:
+        link = AgentLink(fake.path, info(), lambda r, d: None)
+        link.start()
+        wait_until(lambda: fake.of(p.Register), 5, "registered")
+        t0 = time.monotonic()
+        link.close({"exit_code": 0})
+        assert time.monotonic() - t0 < 0.7
+        wait_until(lambda: fake.of(p.Deregister), 2, "the deregister was still sent")
+    finally:
+        fake.close()
+
+
+def test_link_import_stays_light():
+    code = ("import sys, pmrun.coordinator.link as l; "
+            "print(sorted(m for m in ('asyncio', 'psutil', 'click', 'logging', 'dataclasses', 'pmrun.coordinator.server',"
+            " 'pmrun.coordinator.spawn', 'subprocess') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _coordinators_for(path: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"coordinator" in argv and path.encode() in argv and pid_alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+def _stop_daemons(path: str) -> None:
+    for pid in _coordinators_for(path):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not _coordinators_for(path), 5, "daemons gone")
+
+
+def test_ensure_coordinator_starts_one_detached_daemon_on_demand(sockdir):  # noqa: F811
+    path = str(sockdir / "d" / "c.sock")
+    try:
+        assert ensure_coordinator(path) is False
+        pong = wait_until(lambda: _ping(path), 10, "the spawned coordinator answers")
+        assert pong.pid in _coordinators_for(path)
+        with open(f"/proc/{pong.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert fields[1] == "1" or int(fields[1]) != os.getpid()  # not our child: reparented
+        # A session of its own (setsid), yet not its leader (forked again after setsid).
+        assert int(fields[3]) not in (os.getsid(0), pong.pid)
+        assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+        assert os.path.exists(os.path.join(os.path.dirname(path), "coordinator.log"))
+        t0 = time.perf_counter()
+        for _ in range(100):
+            assert ensure_coordinator(path) is True
+        assert (time.perf_counter() - t0) / 100 < 1e-3
+    finally:
+        _stop_daemons(path)
+
+
+def test_launchers_racing_start_exactly_one_coordinator(sockdir):  # noqa: F811
+    path = str(sockdir / "c.sock")
+    code = ("import sys; from pmrun.coordinator.link import ensure_coordinator; "
+            "print(ensure_coordinator(sys.argv[1]))")  # fmt: skip
+    try:
+        racers = [subprocess.Popen([PYTHON, "-c", code, path], stdout=subprocess.PIPE, text=True)
+                  for _ in range(4)]  # fmt: skip
+        outs = [r.communicate(timeout=20)[0].strip() for r in racers]
+        assert "False" in outs
+        wait_until(lambda: _ping(path), 10, "a coordinator answers")
+        wait_until(lambda: len(_coordinators_for(path)) == 1, 10, "the extra daemons exited")
+        assert _ping(path).pid == _coordinators_for(path)[0]
+    finally:
+        _stop_daemons(path)
+
+
+def test_ensure_coordinator_refuses_an_unsafe_directory(sockdir):  # noqa: F811
+    (sockdir / "real").mkdir(mode=0o700)
+    (sockdir / "link").symlink_to(sockdir / "real")
+    with pytest.raises(SocketSecurityError, match="symlink"):
+        ensure_coordinator(str(sockdir / "link" / "c.sock"))
+
+
+def _ping(path: str):
+    from pmrun.errors import CoordinatorUnavailable
+
+    try:
+        return query.ping(path, timeout_s=0.5)
+    except CoordinatorUnavailable:
+        return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__]))
+
+
+def test_close_without_start_releases_everything(sockdir):  # noqa: F811
+    before = len(os.listdir("/proc/self/fd"))
+    link = AgentLink(str(sockdir / "c.sock"), info(), lambda r, d: None)
+    link.report(1, 1, [])
+    link.close({})
+    link.report(2, 2, [])  # after close: still harmless
+    assert len(os.listdir("/proc/self/fd")) == before
