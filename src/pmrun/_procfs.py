@@ -270,6 +270,10 @@ class TreeReader:
                 continue
         return seen
 
+    def open_files(self) -> int:
+        """How many /proc files are held open."""
+        return len(self._fds)
+
     def forget_others(self, live: set[int]) -> None:
         """Close the files of processes no longer in the tree."""
         prefix = len(self._proc) + 1

@@ -158,6 +158,18 @@ class Launcher:
             self._order = (reason, detail)
         signal.pthread_kill(self._main_thread, WAKE)
 
+    def _relay_wakeups(self, fd: int) -> None:
+        """Thread: turn each kernel notification on ``fd`` into a wake-up of the main loop.
+
+        A thread blocked in read(2) costs nothing; it ends with the process.
+        """
+        while True:
+            try:
+                os.read(fd, 8)
+            except OSError:
+                return
+            signal.pthread_kill(self._main_thread, WAKE)
+
     def _forward(self, sig: int) -> None:
         if self._pidfd is not None and self._child_status is None:
             try:
@@ -269,6 +281,9 @@ class Launcher:
             self._pidfd = None
         backend.keeper_pid = self._keeper.pid
         backend.started(self._pid)
+        wakeup = backend.wakeup_fd()
+        if wakeup is not None:
+            _thread.start_new_thread(self._relay_wakeups, (wakeup,))
         if self.settings.record_path:
             from .recording import Recorder
 

@@ -88,6 +88,13 @@ class Backend(abc.ABC):
         Returns once none is left alive (zombies reaped through ``reap``).
         """
 
+    def wakeup_fd(self) -> int | None:
+        """An fd the kernel makes readable when the agent nears its limits, if it can.
+
+        The launcher then samples at once instead of at its next interval.
+        """
+        return None
+
     def kernel_peak_bytes(self) -> int | None:
         """The kernel's own peak for the group, where there is one."""
         return None

@@ -88,6 +88,8 @@ class CgroupBackend(Backend):
         self._closed = False
         self._last_peak: int | None = None
         self._last_oom = 0
+        self._reader = _procfs.TreeReader()  # keeps each process's statm open between samples
+        self._wakeup: int | None = None
         self.close_error: str | None = None  # why close() could not remove the group
 
     def __repr__(self) -> str:
@@ -115,11 +117,19 @@ class CgroupBackend(Backend):
         procs: list[ProcSample] = []
         for pid in pids:
             try:
-                vsz, rss = _procfs.statm(pid)
+                vsz, rss = self._reader.statm(pid)
             except _procfs.ProcessGone:
                 continue
             procs.append(ProcSample(pid, rss, vsz))
+        if self._reader.open_files() > 2 * len(pids) + 16:
+            self._reader.forget_others(set(pids))
         return Sample(stat.counted_bytes, tuple(procs), usage)
+
+    def wakeup_fd(self) -> int | None:
+        """v1: the kernel signals the moment usage crosses ``--max-rss`` (see threshold_eventfd)."""
+        if self._wakeup is None:
+            self._wakeup = self.group.threshold_eventfd([self.max_rss])
+        return self._wakeup
 
     def memory_stat(self) -> cgroups.MemoryStat:
         """The group's memory by kind (anonymous, shared, swap, page cache), for reports."""
@@ -198,6 +208,7 @@ class CgroupBackend(Backend):
         except (CgroupError, OSError) as e:
             self.close_error = str(e)
         finally:
+            self._reader.close()
             if self._oom_log is not None:
                 self._oom_log.close()
 

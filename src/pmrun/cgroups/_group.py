@@ -131,6 +131,10 @@ class AgentGroup:
         """Set the hard limit (and, on v2, the throttling level); swap cannot add to it."""
         raise NotImplementedError
 
+    def threshold_eventfd(self, thresholds: list[int]) -> int | None:
+        """An fd the kernel makes readable when usage crosses a threshold; None if unsupported."""
+        return None
+
     def _freeze(self) -> bool:
         """Stop every process of the group; True if a thaw is due afterwards."""
         return False
@@ -236,6 +240,30 @@ class V1Group(AgentGroup):
                 write_file(memsw, str(max_bytes))
             except OSError:
                 pass  # the memory limit alone still holds; swap just is not bounded
+
+    def threshold_eventfd(self, thresholds: list[int]) -> int | None:
+        """An eventfd the kernel signals when the group's usage crosses any of ``thresholds``.
+
+        v1's memory thresholds (``cgroup.event_control``): the launcher wakes the moment
+        usage crosses a limit instead of at its next sample. Usage includes page cache,
+        so a crossing is a reason to sample now, not a verdict. None where unsupported.
+        """
+        control = os.path.join(self.memory_dir, "cgroup.event_control")
+        try:
+            efd = os.eventfd(0, os.EFD_CLOEXEC)
+        except (AttributeError, OSError):
+            return None
+        try:
+            ufd = os.open(self._file("memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                for t in thresholds:
+                    write_file(control, f"{efd} {ufd} {t}")
+            finally:
+                os.close(ufd)  # the kernel holds its own reference once registered
+        except OSError:
+            os.close(efd)
+            return None
+        return efd
 
     def _freezer_state(self) -> str:
         assert self.freezer_dir is not None
