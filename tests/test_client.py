@@ -218,3 +218,35 @@ def test_heap_request_returns_types_and_tracemalloc_sites(coord, procs):  # noqa
     assert answer["tracemalloc"] is True and answer["sites"]
     assert any("<string>" in s["where"] for s in answer["sites"])
     assert answer["types"][0]["bytes"] > 0
+
+
+def test_a_lone_handler_that_hangs_does_not_hold_up_one_registered_later(coord, regs):
+    """One handler runs in the reading thread; if it hangs and another is registered, a new
+    thread takes the connection over."""
+    path = coord.settings.socket_path
+    release = threading.Event()
+
+    def hangs(fraction: float) -> int:
+        release.wait(30)
+        return 1
+
+    regs.append(register_cleanup("lone", hangs, socket=path))
+    wait_until(lambda: "lone" in services(coord), 5, "registered")
+    got = by_service(query.cleanup(path))
+    assert got["lone"]["error"] == "no answer"  # its only thread is inside the handler
+    conn = regs[0]._connection
+
+    def stuck() -> bool:  # running its handler long enough to be taken for stuck
+        since = conn._inline_since
+        return since is not None and time.monotonic() - since > client.INLINE_STUCK_S
+
+    wait_until(stuck, 5, "the lone handler looks stuck")
+    regs.append(register_cleanup("later", lambda f: 7, socket=path))
+    wait_until(lambda: "later" in services(coord), 5, "registered while the other hangs")
+    got = by_service(query.cleanup(path))
+    assert got["later"]["bytes"] == 7
+    assert got["lone"]["error"].startswith("busy")
+    release.set()
+    wait_until(lambda: "bytes" in by_service(query.cleanup(path))["lone"], 5, "recovered")
+    readers = [t for t in threading.enumerate() if t.name == "pmrun-client"]
+    wait_until(lambda: sum(t.is_alive() for t in readers) == 1, 5, "the stuck reader left")

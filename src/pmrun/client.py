@@ -15,9 +15,12 @@ the process's RSS around the call itself and reports both figures.
 
 One background thread per process (shared by every registration in it) keeps one
 connection to the coordinator, answers its requests and pushes each registration's
-``stats()`` every few seconds. Each handler runs in a worker thread of its own, so a
-handler that fails or hangs never stops the others; the answer goes back by the
-coordinator's deadline with ``"error": "timeout"`` for a handler still running.
+``stats()`` every few seconds. A process with one handler runs it in that thread (the
+fastest answer); with several, each runs in a worker thread of its own, so a handler that
+fails or hangs never stops the others, and the answer goes back by the coordinator's
+deadline with ``"error": "timeout: still running"`` for a handler not done. A lone handler
+that hangs is answered for by nobody until it returns, but a handler registered meanwhile
+gets a new thread and is served as usual.
 
 Registering never fails because of the coordinator: if none answers, the thread keeps
 retrying quietly in the background. The socket is ``socket=``, else ``PMRUN_SOCKET``,
