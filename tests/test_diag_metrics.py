@@ -150,3 +150,47 @@ def test_on_loop_runs_the_status_on_the_event_loop_thread() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
+
+
+def test_coordinator_serves_metrics_on_metrics_port(tmp_path) -> None:
+    """`pmrun coordinator --metrics-port PORT` serves the exporter on 127.0.0.1."""
+    import socket as socketlib
+    import subprocess
+    import urllib.request
+
+    from conftest import PMRUN, wait_for
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sock = tmp_path / "c.sock"
+    p = subprocess.Popen(
+        [
+            PMRUN,
+            "coordinator",
+            "--socket",
+            str(sock),
+            "--metrics-port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+    )
+    try:
+
+        def scrape() -> str | None:
+            try:
+                return (
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+                    .read()
+                    .decode()
+                )
+            except OSError:
+                return None
+
+        text = wait_for(scrape, timeout=15)
+        assert "pmrun_up 1.0" in str(text)
+        assert "pmrun_pool_limit_bytes 2.147483648e+09" in str(text)
+    finally:
+        p.terminate()
+        p.wait(10)

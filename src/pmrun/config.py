@@ -61,6 +61,13 @@ def _parse_ttl(v: Any) -> float:
     return f
 
 
+def _parse_port(v: Any) -> int:
+    i = _parse_int(v)
+    if i > 65535:
+        raise ValueError("expected a TCP port, 0 to 65535")
+    return i
+
+
 def _parse_bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -237,6 +244,38 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         _text,
         "the event log (JSON lines; default: next to the socket)",
+    ),
+    Setting(
+        "dry-run",
+        "coordinator",
+        "PMRUN_DRY_RUN",
+        False,
+        _parse_bool,
+        "log what would be stopped; stop nothing",
+    ),
+    Setting(
+        "cooldown",
+        "coordinator",
+        "PMRUN_COOLDOWN",
+        5.0,
+        _parse_float,
+        "seconds after a stop before stopping more (unless a limit is crossed by 10%)",
+    ),
+    Setting(
+        "settle",
+        "coordinator",
+        "PMRUN_SETTLE",
+        0.5,
+        _parse_float,
+        "seconds an eviction broadcast waits for the services' answers",
+    ),
+    Setting(
+        "metrics-port",
+        "coordinator",
+        "PMRUN_METRICS_PORT",
+        0,
+        _parse_port,
+        "serve Prometheus metrics on 127.0.0.1:PORT (0 = off)",
     ),
     # The prompt cache.
     Setting(

@@ -82,7 +82,7 @@ class EventLog:
         self._reset()
 
 
-def _matches(
+def matches(
     event: dict[str, Any],
     since: float | None,
     until: float | None,
@@ -155,7 +155,7 @@ def read_events(
     try:
         with open(path, "rb") as f:
             events = [
-                e for e in parse_lines(f) if _matches(e, since, until, kind_set, agent, min_level)
+                e for e in parse_lines(f) if matches(e, since, until, kind_set, agent, min_level)
             ]
     except FileNotFoundError:
         return []

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
+from ..errors import PmrunError
 from . import COMMANDS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn a :class:`PmrunError` raised by a command into one stderr line and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PmrunError as e:
+            click.echo(f"pmrun: error: {e}", err=True)
+            click.get_current_context().exit(int(e.exit_code))
+
+    return wrapper  # type: ignore[return-value]
 
 
 class LazyGroup(click.Group):

@@ -10,9 +10,8 @@ from typing import Any
 import click
 
 from .. import config as config_mod
-from ..errors import ExitCode, PmrunError
 from ..sizes import format_size
-from .project import one_line_errors
+from ._group import one_line_errors
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -61,23 +60,24 @@ def _config(flags: dict[str, Any]) -> config_mod.Config:
     metavar="PATH",
     help="Event log, JSON lines [default: events.jsonl next to the socket].",
 )
-@click.option("--dry-run", is_flag=True, help="Log what would be stopped; stop nothing.")
+@click.option(
+    "--dry-run", is_flag=True, default=None, help="Log what would be stopped; stop nothing."
+)
 @click.option(
     "--cooldown",
-    type=float,
-    default=5.0,
-    show_default=True,
     metavar="SECONDS",
     help="After stopping agents, wait this long before stopping more (unless a "
-    "limit is crossed by 10%).",
+    "limit is crossed by 10%) [default 5].",
 )
 @click.option(
     "--settle",
-    type=float,
-    default=0.5,
-    show_default=True,
     metavar="SECONDS",
-    help="How long an eviction broadcast waits for the services' answers.",
+    help="How long an eviction broadcast waits for the services' answers [default 0.5].",
+)
+@click.option(
+    "--metrics-port",
+    metavar="PORT",
+    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics [default: off].",
 )
 @click.option(
     "--log-level",
@@ -95,9 +95,10 @@ def coordinator_command(
     evict_fraction: str | None,
     victim_policy: str | None,
     events: str | None,
-    dry_run: bool,
-    cooldown: float,
-    settle: float,
+    dry_run: bool | None,
+    cooldown: str | None,
+    settle: str | None,
+    metrics_port: str | None,
     log_level: str,
 ) -> None:
     """Run the coordinator in the foreground (logs on stderr; stop with Ctrl-C or SIGTERM).
@@ -124,13 +125,13 @@ def coordinator_command(
             "evict-fraction": evict_fraction,
             "victim-policy": victim_policy,
             "events": events,
+            "dry-run": dry_run,
+            "cooldown": cooldown,
+            "settle": settle,
+            "metrics-port": metrics_port,
         }
     )
-    if cooldown < 0 or settle < 0:
-        raise PmrunError("--cooldown and --settle must be zero or more", exit_code=ExitCode.USAGE)
-    settings = CoordinatorSettings.from_config(
-        cfg, dry_run=dry_run, cooldown_s=cooldown, settle_s=settle
-    )
+    settings = CoordinatorSettings.from_config(cfg)
     sys.exit(run(settings))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..errors import CoordinatorUnavailable, PmrunError, UsageError
-from .project import one_line_errors
+from ._group import one_line_errors
 
 SOCKET_HELP = "The coordinator's socket (default: $PMRUN_SOCKET, the config, else $XDG_RUNTIME_DIR/pmrun/coordinator.sock)."
 socket_option = click.option("--socket", "socket_path", metavar="PATH", help=SOCKET_HELP)

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from .. import config as config_mod
-from ..errors import ExitCode, PmrunError, UsageError
+from ..errors import ExitCode, UsageError
 from ..sizes import format_size, parse_fraction, parse_optional_size, parse_size
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def one_line_errors(fn: F) -> F:
-    """Turn a :class:`PmrunError` raised by a command into one stderr line and its exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PmrunError as e:
-            click.echo(f"pmrun: error: {e}", err=True)
-            click.get_current_context().exit(int(e.exit_code))
-
-    return wrapper  # type: ignore[return-value]
+from ._group import one_line_errors
 
 
 def _warn(message: str) -> None:

@@ -83,6 +83,8 @@ class CoordinatorSettings:
     heap_timeout_s: float = 10.0  # services walk their heaps for up to 4 s (client.HEAP_BUDGET_S)
     orphan_sweep_s: float = 5.0  # pmrun.cgroups.cleanup_orphans() at most this often
     oom_score_adj: int = -500  # written when root: the kernel's OOM killer spares us
+    metrics_port: int | None = None  # --metrics-port: serve Prometheus metrics; None = off
+    metrics_host: str = "127.0.0.1"  # this host only by default: the labels name agents
     hysteresis: policy.Hysteresis = field(default_factory=policy.Hysteresis)
     proc: str = _procfs.PROC
     cgroup_root: str = "/sys/fs/cgroup"
@@ -102,6 +104,10 @@ class CoordinatorSettings:
             "evict_fraction": config["coordinator.evict-fraction"],
             "victim_policy": config["coordinator.victim-policy"],
             "events_path": config["coordinator.events"],
+            "dry_run": config["coordinator.dry-run"],
+            "cooldown_s": config["coordinator.cooldown"],
+            "settle_s": config["coordinator.settle"],
+            "metrics_port": config["coordinator.metrics-port"] or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -925,6 +931,17 @@ class Coordinator:
         self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        metrics = None
+        if self.settings.metrics_port is not None:
+            # Before serving the socket, so that a busy port fails the start.
+            from ..diagnostics.metrics import on_loop, start_metrics_server
+
+            metrics = start_metrics_server(
+                self.settings.metrics_port,
+                on_loop(self.loop, self.status),
+                host=self.settings.metrics_host,
+            )
+            log.info("metrics on %s", metrics.url)
         server = await self.loop.create_unix_server(lambda: _Conn(self), sock=sock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
@@ -949,6 +966,8 @@ class Coordinator:
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await monitor
+            if metrics is not None:
+                await asyncio.to_thread(metrics.close)
             self.events.write("coordinator.stop", pid=os.getpid())
             self.events.close()
 

@@ -54,10 +54,10 @@ def event_filter(
     """A predicate with :func:`pmrun.events.read_events`'s filter semantics, for ``--follow``."""
     # TODO(events): pmrun.events exposes its filter only privately; ask for a public
     # ``matches(event, ...)`` and use it here.
-    from ..events import _matches
+    from ..events import matches
 
     kind_set = set(kinds) if kinds else None
-    return lambda e: _matches(e, since, until, kind_set, agent, min_level)
+    return lambda e: matches(e, since, until, kind_set, agent, min_level)
 
 
 def follow(
