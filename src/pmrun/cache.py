@@ -521,8 +521,9 @@ class SharedPromptCache:
         eviction request calls :meth:`evict_fraction` with its fraction (else
         ``pressure_fraction``) from the client's thread. Calling it again does nothing.
 
-        Raises what :func:`pmrun.client.register_cleanup` raises, e.g.
-        :class:`~pmrun.errors.CoordinatorUnavailable`.
+        Registration does not wait for a coordinator: the client connects (and
+        reconnects) in the background, so ``attached`` means registered with the client,
+        not yet answered by a coordinator.
         """
         with self._attach_lock:
             if self._registration is not None:
