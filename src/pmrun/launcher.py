@@ -158,11 +158,19 @@ class Launcher:
             self._order = (reason, detail)
         signal.pthread_kill(self._main_thread, WAKE)
 
-    def _relay_wakeups(self, fd: int) -> None:
-        """Thread: turn each kernel notification on ``fd`` into a wake-up of the main loop.
+    def _relay_wakeups(self, backend: Backend) -> None:
+        """Thread: turn each kernel notification into a wake-up of the main loop.
 
-        A thread blocked in read(2) costs nothing; it ends with the process.
+        Registering the notification takes the kernel ~5 ms (cgroup v1), so it happens
+        here, off the start-up path. A thread blocked in read(2) costs nothing; it ends
+        with the process.
         """
+        try:
+            fd = backend.wakeup_fd()
+        except Exception:  # a best effort: sampling goes on at its own pace without it
+            return
+        if fd is None:
+            return
         while True:
             try:
                 os.read(fd, 8)
@@ -281,9 +289,8 @@ class Launcher:
             self._pidfd = None
         backend.keeper_pid = self._keeper.pid
         backend.started(self._pid)
-        wakeup = backend.wakeup_fd()
-        if wakeup is not None:
-            _thread.start_new_thread(self._relay_wakeups, (wakeup,))
+        if type(backend).wakeup_fd is not Backend.wakeup_fd:
+            _thread.start_new_thread(self._relay_wakeups, (backend,))
         if self.settings.record_path:
             from .recording import Recorder
 
