@@ -46,20 +46,12 @@ def kill_below(root: int) -> None:
                 _signals.send(p, signal.SIGSTOP, parents=parents)
                 stopped.add(p)
         pids = _procfs.descendants(_procfs.children(root))
-        live = [p for p in pids if _state(p) not in ("Z", "X", "")]
-        if not live:
+        if not _procfs.any_alive(pids):
             return
         parents = {root, *pids}
-        for p in live:
+        for p in pids:
             _signals.send(p, signal.SIGKILL, parents=parents)
         _reap_all()
-
-
-def _state(pid: int) -> str:
-    try:
-        return _procfs.stat(pid)[2]
-    except _procfs.ProcessGone:
-        return ""
 
 
 def _reap_all() -> tuple[list[tuple[int, int, int]], bool]:

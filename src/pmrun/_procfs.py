@@ -116,6 +116,17 @@ def start_time(pid: int, proc: str = PROC) -> int:
     return int(stat(pid, proc)[21])
 
 
+def any_alive(pids: list[int], proc: str = PROC) -> bool:
+    """Whether any of ``pids`` is still running (zombies waiting to be reaped are not)."""
+    for pid in pids:
+        try:
+            if stat(pid, proc)[2] not in ("Z", "X"):
+                return True
+        except ProcessGone:
+            continue
+    return False
+
+
 def comm(pid: int, proc: str = PROC) -> str:
     return _read(f"{proc}/{pid}/comm").strip()
 

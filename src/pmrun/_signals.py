@@ -17,17 +17,13 @@ def send(pid: int, sig: int, *, parents: set[int] | None = None) -> bool:
     is still one of them: a pid read from a children file and recycled before we
     pinned it belongs to someone else's process, whose parent is not in our tree.
     """
-    if not _HAVE_PIDFD:  # pragma: no cover - kernels before 5.3
-        try:
-            os.kill(pid, sig)
-            return True
-        except ProcessLookupError:
-            return False
     try:
+        if not _HAVE_PIDFD:  # pragma: no cover - kernels before 5.3
+            raise NotImplementedError
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return False
-    except OSError:  # pragma: no cover - ENOSYS on old kernels
+    except (OSError, NotImplementedError):  # pragma: no cover - ENOSYS on old kernels
         try:
             os.kill(pid, sig)
             return True

@@ -559,13 +559,7 @@ def _oom_detail(backend: Backend) -> list[dict[str, object]]:
 
 
 def _live(backend: Backend) -> bool:
-    for pid in backend.pids():
-        try:
-            if _procfs.stat(pid)[2] != "Z":
-                return True
-        except _procfs.ProcessGone:
-            continue
-    return False
+    return _procfs.any_alive(backend.pids())
 
 
 def run(argv: list[str], settings: LaunchSettings) -> int:

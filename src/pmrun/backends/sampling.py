@@ -84,16 +84,7 @@ class SamplingBackend(Backend):
             for p in pids:
                 _signals.send(p, signal.SIGKILL, parents=parents)
             reap()
-            if not self._alive():
+            if not _procfs.any_alive(self.pids()):
                 return
             time.sleep(0.001)  # let the kernel finish exits before the next walk
             reap()
-
-    def _alive(self) -> bool:
-        for pid in self.pids():
-            try:
-                if _procfs.stat(pid)[2] != "Z":
-                    return True
-            except _procfs.ProcessGone:
-                continue
-        return False
