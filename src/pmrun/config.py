@@ -376,7 +376,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # TOML is UTF-8
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
@@ -417,7 +417,7 @@ def _parse_value(setting: Setting, raw: Any, where: str) -> Any:
     except PmrunError as e:
         label = where if where.startswith("--") else f"{where}: {setting.name}"
         raise ConfigError(f"{label}: {e}") from None
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:  # Overflow: float(10**400)
         raise ConfigError(f"{where}: {setting.name} = {raw!r}: {e}") from None
 
 

@@ -35,11 +35,13 @@ def parse_size(text: str | int | float) -> int:
 
     Raises :class:`SizeError` with a message that shows the accepted forms.
     """
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, int | float | str):
         raise SizeError(f"invalid size {text!r}: expected a number with a unit, e.g. 500M or 1.5G")
     if isinstance(text, int | float):
-        value, unit = float(text), ""
         shown = repr(text)
+        if isinstance(text, int) and text > MAX_SIZE:  # float() fails past 1e308
+            raise SizeError(f"invalid size {shown[:40]}: larger than {format_size(MAX_SIZE)}")
+        value, unit = float(text), ""
     else:
         shown = repr(text)
         s = text.strip().lower().replace("_", "")
@@ -90,8 +92,8 @@ def parse_fraction(text: str | int | float) -> float:
             raise ValueError
         else:
             value = float(text)
-    except ValueError:
-        raise SizeError(f"invalid fraction {shown}: expected e.g. 80% or 0.8") from None
+    except (ValueError, TypeError, OverflowError):  # TypeError: a list; Overflow: 10**400
+        raise SizeError(f"invalid fraction {shown[:40]}: expected e.g. 80% or 0.8") from None
     if not 0.0 <= value <= 1.0:
         raise SizeError(f"invalid fraction {shown}: must be between 0% and 100%")
     return value
