@@ -516,14 +516,6 @@ def status_while_held(coord: Coordinator, payload: bytes) -> None:
         s.close()
 
 
-NONFINITE = pytest.mark.xfail(
-    strict=True,
-    reason="protocol.decode accepts NaN/Infinity/1e400 inside object fields (backend, stats, "
-    "report); status then fails for every client while that peer is connected",
-)
-
-
-@NONFINITE
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_a_non_finite_number_in_a_kept_field_does_not_break_status(coord, number):
     payload = reg(agent_id=f"nf-{number}").replace(
@@ -532,7 +524,6 @@ def test_a_non_finite_number_in_a_kept_field_does_not_break_status(coord, number
     status_while_held(coord, payload)
 
 
-@NONFINITE
 def test_non_finite_service_stats_do_not_break_status(coord):
     status_while_held(
         coord,
@@ -541,12 +532,6 @@ def test_non_finite_service_stats_do_not_break_status(coord):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol.decode accepts nesting up to the decoder's recursion limit (~975); "
-    "status nests it 4 levels deeper: the coordinator cannot encode it (RecursionError, "
-    "'internal') or a client cannot decode it, for every client while that peer is connected",
-)
 def test_deep_nesting_in_a_kept_field_does_not_break_status(coord):
     for depth in range(950, 990, 4):  # the deepest the decoder accepts, whatever the stack
         payload = reg(agent_id=f"deep{depth}").replace(
@@ -555,12 +540,6 @@ def test_deep_nesting_in_a_kept_field_does_not_break_status(coord):
         status_while_held(coord, payload)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events.EventLog.write(self, kind, level, **fields): an event field named "
-    "'self' (or 'kind', 'level' from other callers) collides with the parameters: TypeError, "
-    "answered 'internal'",
-)
 def test_an_event_field_named_self_is_logged(coord):
     got, closed = exchange(
         coord.socket,
@@ -569,12 +548,6 @@ def test_an_event_field_named_self_is_logged(coord):
     check_answers(got, closed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py: nothing bounds the services one connection registers; each costs "
-    "~1.4 KiB and its share of status, so one client grows the coordinator without bound "
-    "and status fails for everyone (past 4 MiB, see below; past MAX_REPLY_FRAME at ~45000)",
-)
 @pytest.mark.slow
 def test_one_connection_cannot_register_services_without_bound(coord):
     before = coord.rss()
@@ -604,12 +577,6 @@ def test_one_connection_cannot_register_services_without_bound(coord):
         reader.join(5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py _Conn.send_frame drops a peer as soon as one frame takes its write "
-    "buffer past max_write_buffer (4 MiB), so a status over 4 MiB (100 agents whose command "
-    "lines carry a 45 KB prompt) is never delivered: status fails for every client",
-)
 def test_a_status_over_4_mib_is_delivered(coord):
     held = []
     try:
@@ -632,13 +599,6 @@ def hwm(pid: int) -> int:
     return int(kib) * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py: every cleanup (and heap) request spawns a task that waits for the "
-    "services, with no limit per connection: 20000 requests while one service is stuck "
-    "hold ~90 MiB at once and write 60000 events (the coordinator's oom_score_adj is -500: "
-    "the kernel would kill agents first)",
-)
 @pytest.mark.slow
 def test_a_flood_of_cleanup_requests_is_bounded(procs, sockdir):  # noqa: F811
     from coordinator_fixtures import Daemon

@@ -279,11 +279,6 @@ def test_an_event_log_on_a_full_disk_is_reported_once_and_the_coordinator_serves
                    reported_once=True, served=True)  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events.py: after a short write on a full disk, the next event is appended to "
-    "the torn line and cannot be read back (EventLog.write should start a new line first)",
-)
 def test_no_event_is_lost_once_the_full_disk_has_room_again(procs, sockdir, tiny_tmpfs):  # noqa: F811
     d = fill_up(procs, sockdir, tiny_tmpfs)
     after = [e["kind"] for e in d.events() if e.get("name") == "xafter0"]

@@ -33,6 +33,7 @@ class EventLog:
         self._clock = clock
         self._fd: int | None = None
         self._failing = False  # an error was reported; report again only after a success
+        self._torn = False  # a write was cut short: the next line must start on a new one
         self.written = 0
         self.failed = 0
 
@@ -42,7 +43,7 @@ class EventLog:
             self._fd = os.open(self.path, flags, 0o600)
         return self._fd
 
-    def write(self, kind: str, level: str = "info", **fields: Any) -> dict[str, Any]:
+    def write(self, kind: str, level: str = "info", /, **fields: Any) -> dict[str, Any]:
         """Append one event and return it (as written, or as it would have been)."""
         event: dict[str, Any] = {"ts": round(self._clock(), 6), "level": level, "kind": kind}
         event.update(fields)
@@ -52,11 +53,15 @@ class EventLog:
             line = json.dumps({"ts": event["ts"], "level": "error", "kind": "event.unencodable",
                                "of": kind, "error": str(e)}) + "\n"  # fmt: skip
         data = line.encode()
+        if self._torn:
+            data = b"\n" + data  # end the torn line: it stays unreadable, this one does not
         try:
             fd = self._open()
             n = os.write(fd, data)
             if n != len(data):
+                self._torn = n > 0 or self._torn
                 raise OSError(28, "short write (disk full?)")
+            self._torn = False
         except OSError as e:
             self.failed += 1
             if not self._failing:

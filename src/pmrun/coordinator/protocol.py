@@ -35,6 +35,10 @@ MAX_FRAME = 64 * 1024  # bytes per frame sent *to* the coordinator, newline incl
 MAX_REPLY_FRAME = 16 * 1024 * 1024
 MAX_PIDS = 2000  # (pid, start) pairs in one report: ~20 bytes each, well under MAX_FRAME
 _MAX_INT = 1 << 63
+# Objects and arrays nested in a frame *to* the coordinator: it serves some fields back
+# (status nests them a few levels deeper) and must be able to encode them.
+MAX_DEPTH = 32
+_INF = float("inf")
 
 STOP_REASONS = ("pool", "system-pressure")
 LEVELS = ("normal", "warning", "critical", "manual")
@@ -489,6 +493,21 @@ def encode(msg: Message, max_frame: int = MAX_FRAME) -> bytes:
     return data
 
 
+def _servable(obj: Any) -> None:
+    """Refuse what the coordinator could not send back: NaN and infinities (json.loads
+    takes NaN, Infinity and 1e400) and nesting deeper than :data:`MAX_DEPTH`. Iterative,
+    so a deep frame cannot exhaust the stack here."""
+    stack = [(obj, 1)]
+    while stack:
+        o, depth = stack.pop()
+        if isinstance(o, float) and not -_INF < o < _INF:  # NaN or an infinity
+            raise ProtocolError("numbers must be finite (no NaN, Infinity or 1e400)")
+        if isinstance(o, dict | list):
+            if depth > MAX_DEPTH:
+                raise ProtocolError(f"objects and arrays nested deeper than {MAX_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in (o.values() if isinstance(o, dict) else o))
+
+
 def decode(frame: bytes | str, max_frame: int = MAX_FRAME) -> Message:
     """The message in one frame (with or without its newline)."""
     if len(frame) > max_frame:
@@ -513,7 +532,10 @@ def decode(frame: bytes | str, max_frame: int = MAX_FRAME) -> Message:
     missing = [name for name, _, default in cls._FIELDS if default is _MISSING and name not in obj]
     if missing:
         raise ProtocolError(f"{kind}: missing {', '.join(missing)}")
-    return cls(**{name: obj[name] for name, _, _ in cls._FIELDS if name in obj})
+    msg = cls(**{name: obj[name] for name, _, _ in cls._FIELDS if name in obj})
+    if max_frame <= MAX_FRAME:  # decoding for the coordinator, which trusts no client
+        _servable(obj)
+    return msg
 
 
 def error_code(exc: ProtocolError) -> str:

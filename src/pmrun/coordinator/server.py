@@ -80,6 +80,8 @@ class CoordinatorSettings:
     max_connections: int = 1024
     max_write_buffer: int = 4 << 20  # bytes queued to a peer that does not read, then dropped
     max_bad_frames: int = 10  # answered with errors, then the connection is dropped
+    max_services_per_connection: int = 64  # a process registers one handler per cache
+    max_requests_per_connection: int = 4  # cleanup/heap requests in flight, then "busy"
     heap_timeout_s: float = 10.0  # services walk their heaps for up to 4 s (client.HEAP_BUDGET_S)
     orphan_sweep_s: float = 5.0  # pmrun.cgroups.cleanup_orphans() at most this often
     oom_score_adj: int = -500  # written when root: the kernel's OOM killer spares us
@@ -135,6 +137,7 @@ class _Conn(asyncio.Protocol):
         self.deregistered = False
         self.pending: dict[int, asyncio.Future[tuple[p.Message, float]]] = {}
         self.bad_frames = 0
+        self.in_flight = 0  # cleanup/heap requests being answered
         self.seen_frame = False
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -213,11 +216,14 @@ class _Conn(asyncio.Protocol):
     def send_frame(self, frame: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(frame)
+        # A peer that has not read what was queued before is dropped; one large answer
+        # (a status of many agents) is not a reason to.
         if self.transport.get_write_buffer_size() > self.coord.settings.max_write_buffer:
             log.warning("pid %d does not read its socket: dropping it", self.pid)
             self.closed = True
             self.transport.abort()
+            return
+        self.transport.write(frame)
 
     def fail(self, code: str, message: str) -> None:
         """Answer one error and close the connection."""
@@ -445,6 +451,16 @@ class Coordinator:
 
     def _on_service(self, conn: _Conn, msg: p.Service) -> None:
         key = (conn.id, msg.name)
+        limit = self.settings.max_services_per_connection
+        if key not in self.pool.services and (
+            sum(1 for k in self.pool.services if k[0] == conn.id) >= limit
+        ):
+            conn.send(
+                p.Error(
+                    id=msg.id, code="busy", message=f"more than {limit} services on one connection"
+                )
+            )
+            return
         self.pool.services[key] = ServiceEntry(msg.name, msg.pid, msg.agent_id, conn.id)
         conn.send(p.Ok(id=msg.id, of="service"))
         self.events.write("service.register", service=msg.name, pid=msg.pid, agent=msg.agent_id)
@@ -475,10 +491,29 @@ class Coordinator:
         conn.send(p.StatusResult(id=msg.id, status=self.status()))
 
     def _on_cleanup(self, conn: _Conn, msg: p.Cleanup) -> None:
-        self._spawn(self._cleanup(conn, msg))
+        self._spawn_for(conn, msg, self._cleanup(conn, msg))
 
     def _on_heap(self, conn: _Conn, msg: p.Heap) -> None:
-        self._spawn(self._heap(conn, msg))
+        self._spawn_for(conn, msg, self._heap(conn, msg))
+
+    def _spawn_for(self, conn: _Conn, msg: Any, coro: Any) -> None:
+        """Run a request that waits for services, a few at a time per connection."""
+        limit = self.settings.max_requests_per_connection
+        if conn.in_flight >= limit:
+            coro.close()
+            conn.send(
+                p.Error(id=msg.id, code="busy", message=f"more than {limit} requests in flight")
+            )
+            return
+        conn.in_flight += 1
+
+        async def run() -> None:
+            try:
+                await coro
+            finally:
+                conn.in_flight -= 1
+
+        self._spawn(run())
 
     def _on_error(self, conn: _Conn, msg: p.Error) -> None:
         log.debug("pid %d reports an error: %s %s", conn.pid, msg.code, msg.message)
