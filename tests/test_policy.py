@@ -24,7 +24,7 @@ M = 1 << 20
         (G - 2 * M, G, 0, policy.MIN_INTERVAL_S),  # nearer than the fastest sample
         (G, G, 0, policy.MIN_INTERVAL_S),  # at the limit
         (2 * G, G, 0, policy.MIN_INTERVAL_S),  # past it
-        (G - 400 * M, G, 40 * G, 400 * M / (40 * G)),  # observed growth faster than assumed
+        (G - 400 * M, G, 40 * G, 400 * M / (80 * G)),  # observed growth faster than assumed
     ],
 )
 def test_next_interval(rss, limit, growth, expected) -> None:

@@ -93,3 +93,36 @@ def test_real_meminfo_and_self() -> None:
     info = _procfs.meminfo()
     assert info["MemTotal"] > info["MemAvailable"] > 0
     assert _procfs.comm(os.getpid()).startswith(("python", "pytest"))
+
+
+def test_tree_reader_finds_children_of_every_thread() -> None:
+    """A child forked by a second thread hangs under that thread's children file."""
+    script = (
+        "import subprocess, threading, time\n"
+        "kids = []\n"
+        "def spawn():\n"
+        "    kids.append(subprocess.Popen(['sleep', '30']))\n"
+        "    time.sleep(30)\n"
+        "threading.Thread(target=spawn, daemon=True).start()\n"
+        "while not kids: time.sleep(0.01)\n"
+        "print(kids[0].pid, flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    reader = _procfs.TreeReader()
+    try:
+        assert p.stdout is not None
+        child = int(p.stdout.readline())
+        found = {pid: (vsz, rss) for pid, vsz, rss in reader.walk([p.pid])}
+        assert set(found) == {p.pid, child}
+        assert found[p.pid][0] == _procfs.statm(p.pid)[0]
+        assert abs(found[p.pid][1] - _procfs.statm(p.pid)[1]) < 4 << 20
+        assert child in {pid for pid, _, _ in reader.walk([p.pid])}  # from the cached thread list
+    finally:
+        reader.close()
+        for pid in _procfs.descendants([p.pid])[::-1]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        p.wait()

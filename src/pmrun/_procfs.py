@@ -9,6 +9,7 @@ The root is overridable (``proc=``) so parsing can be tested on a fake tree.
 from __future__ import annotations
 
 import os
+import time
 
 PROC = "/proc"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -214,10 +215,16 @@ class TreeReader:
     a recycled pid's figures.
     """
 
+    # A multi-threaded process's thread list is listed again when its thread count
+    # changes, and at least this often (a thread that exits while another starts
+    # leaves the count unchanged; children of the new one are then found this late).
+    TIDS_MAX_AGE_S = 1.0
+
     def __init__(self, proc: str = PROC) -> None:
         self._proc = proc
         self._fds: dict[str, int] = {}
         self._fast = has_children_files(proc)
+        self._tids: dict[int, tuple[int, float, list[str]]] = {}  # pid -> (threads, when, tids)
 
     def _pread(self, path: str) -> bytes:
         fd = self._fds.get(path)
@@ -262,6 +269,61 @@ class TreeReader:
             out.extend(int(c) for c in text.split())
         return out
 
+    def walk(self, roots: list[int]) -> list[tuple[int, int, int]]:
+        """(pid, virtual size, resident size) of ``roots`` and every descendant, zombies left out.
+
+        One read of ``/proc/PID/stat`` per process gives its sizes and its thread
+        count; the thread list (a directory listing, the costliest part) is read only
+        for multi-threaded processes, and again only when their thread count changes.
+        """
+        if not self._fast:
+            out = []
+            for pid in descendants(roots, self._proc):
+                try:
+                    vsz, rss = statm(pid, self._proc)
+                except ProcessGone:
+                    continue
+                out.append((pid, vsz, rss))
+            return out
+        now = time.monotonic()
+        out = []
+        visited: set[int] = set()
+        stack = list(reversed(roots))
+        while stack:
+            pid = stack.pop()
+            if pid in visited:
+                continue
+            visited.add(pid)
+            try:
+                data = self._pread(f"{self._proc}/{pid}/stat")
+                f = data[data.rfind(b")") + 2 :].split()
+                if f[0] in (b"Z", b"X"):
+                    continue
+                threads = int(f[17])
+                out.append((pid, int(f[20]), int(f[21]) * PAGE_SIZE))
+                if threads == 1:
+                    tids = [str(pid)]
+                else:
+                    cached = self._tids.get(pid)
+                    if cached and cached[0] == threads and now - cached[1] < self.TIDS_MAX_AGE_S:
+                        tids = cached[2]
+                    else:
+                        tids = os.listdir(f"{self._proc}/{pid}/task")
+                        self._tids[pid] = (threads, now, tids)
+            except (ProcessGone, FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+            kids: list[int] = []
+            for tid in tids:
+                try:
+                    kids.extend(
+                        int(c)
+                        for c in self._pread(f"{self._proc}/{pid}/task/{tid}/children").split()
+                    )
+                except ProcessGone:
+                    continue
+            stack.extend(reversed(kids))
+        return out
+
     def descendants(self, roots: list[int]) -> list[int]:
         """Like :func:`descendants`, through the open files."""
         if not self._fast:
@@ -289,9 +351,10 @@ class TreeReader:
         """Close the files of processes no longer in the tree."""
         prefix = len(self._proc) + 1
         for path in list(self._fds):
-            pid = path[prefix:].split("/", 1)[0]
-            if int(pid) not in live:
+            if int(path[prefix:].split("/", 1)[0]) not in live:
                 self._drop(path)
+        for gone in [p for p in self._tids if p not in live]:
+            del self._tids[gone]
 
     def close(self) -> None:
         for path in list(self._fds):

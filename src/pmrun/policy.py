@@ -27,12 +27,14 @@ def next_interval_s(
     """Seconds until the next sample: the time the headroom lasts at the worst growth rate.
 
     Slow when far from the limit (cheap), fast when close (little overshoot), like
-    earlyoom's ``sleep_time_ms``.
+    earlyoom's ``sleep_time_ms``. A tree seen growing is given half the time its own
+    rate would allow (the sample itself takes time, and allocators speed up), so a fast
+    grower is sampled twice as often as a quiet agent at the same headroom.
     """
     headroom = limit_bytes - rss_bytes
     if headroom <= 0:
         return min_s
-    rate = max(growth_bps, assumed_growth_bps, 1.0)
+    rate = max(2.0 * growth_bps, assumed_growth_bps, 1.0)
     return min(max(headroom / rate, min_s), max_s)
 
 

@@ -38,20 +38,16 @@ class SamplingBackend(Backend):
             return []  # the keeper has exited: nothing is left
 
     def sample(self) -> Sample:
-        procs: list[ProcSample] = []
-        total = 0
-        pids = self.pids()
-        for pid in pids:
-            try:
-                vsz, rss = self._reader.statm(pid)
-            except _procfs.ProcessGone:
-                continue
-            total += rss
-            procs.append(ProcSample(pid, rss, vsz))
+        try:
+            roots = self._reader.children(self._root)
+        except _procfs.ProcessGone:
+            roots = []  # the keeper has exited: nothing is left
+        found = self._reader.walk(roots)
+        procs = tuple(ProcSample(pid, rss, vsz) for pid, vsz, rss in found)
         self._samples += 1
         if self._samples % 64 == 0:
-            self._reader.forget_others({self._root, *pids})
-        return Sample(total, tuple(procs))
+            self._reader.forget_others({self._root, *(p.pid for p in procs)})
+        return Sample(sum(p.rss_bytes for p in procs), procs)
 
     def close(self) -> None:
         self._reader.close()
