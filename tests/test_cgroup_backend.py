@@ -719,7 +719,11 @@ def test_pmrun_sigkilled_with_its_keeper_leaves_an_orphan_the_next_pmrun_cleans(
         )
         daemon = int(wait_file(daemon_file))
         keeper = [int(x) for x in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
-        for pid in keeper:  # the keeper would clean up after its launcher: kill it first
+        # Both die before either can react: the launcher, once its keeper is gone, would
+        # itself stop what is left in the group, and the keeper would clean up after its
+        # launcher. Stop the launcher first so the two SIGKILLs land as one event.
+        os.kill(p.pid, signal.SIGSTOP)
+        for pid in keeper:
             os.kill(pid, signal.SIGKILL)
         p.kill()
         p.wait()
