@@ -29,7 +29,7 @@ def _service(name: str, held: int | None, last: dict[str, Any] | None = None) ->
 def _agent(name: str, rss: int, **extra: Any) -> dict[str, Any]:
     return {"id": f"{name}.1", "name": name, "pid": 10, "child_pid": 11, "rss_bytes": rss,
             "pss_bytes": None, "peak_bytes": rss, "warn_bytes": 500 * MIB, "max_bytes": 1 << 30,
-            "age_s": 65.0, "state": "running", "stop_reason": None, "services": [], **extra}  # fmt: skip
+            "age_s": 65.0, "backend": {"name": "cgroup-v1", "reason": "auto"}, "state": "running", "stop_reason": None, "services": [], **extra}  # fmt: skip
 
 
 def _status(**over: Any) -> dict[str, Any]:
@@ -91,10 +91,20 @@ def test_rows_put_services_under_their_agent_and_sort_by_rss_on_request() -> Non
                           _agent("big", 200 * MIB, state="stopping", stop_reason="pool")])  # fmt: skip
     rows = agent_rows(doc)
     assert [r[1][0] for r in rows] == ["small", "  └ cache", "big"]
-    assert rows[0][1] == ["small", "10", "100.0M", "100.0M", "500.0M", "1.0G", "1m05s", "running"]
+    assert rows[0][1] == [
+        "small",
+        "10",
+        "100.0M",
+        "100.0M",
+        "500.0M",
+        "1.0G",
+        "1m05s",
+        "cgroup-v1",
+        "running",
+    ]
     assert rows[1] == (
         "service",
-        ["  └ cache", "99", "12.0M held", "", "", "", "", "freed 4.0M 1m05s ago"],
+        ["  └ cache", "99", "12.0M held", "", "", "", "", "", "freed 4.0M 1m05s ago"],
     )
     assert rows[2][1][-1] == "stopping (pool)"
     assert [r[1][0] for r in agent_rows(doc, sort_by_rss=True)] == ["big", "small", "  └ cache"]
@@ -108,7 +118,7 @@ def test_peak_is_never_shown_below_the_current_figure() -> None:
 def test_services_without_a_registered_agent_come_last() -> None:
     doc = _status(services=[_service("orphan", None)])
     rows = agent_rows(doc)
-    assert rows[-2] == ("agent", ["(no agent)", "", "", "", "", "", "", ""])
+    assert rows[-2] == ("agent", ["(no agent)", "", "", "", "", "", "", "", ""])
     assert rows[-1][1][0] == "  └ orphan" and rows[-1][1][2] == ""
 
 
@@ -132,7 +142,17 @@ def test_render_shows_header_summary_and_table() -> None:
     text = _text(_status())
     assert "coordinator pid 5 on /run/pmrun/c.sock, up 2h01m" in text
     header = next(line for line in text.splitlines() if line.startswith("NAME"))
-    assert header.split() == ["NAME", "PID", "RSS", "PEAK", "WARN", "MAX", "AGE", "STATE"]
+    assert header.split() == [
+        "NAME",
+        "PID",
+        "RSS",
+        "PEAK",
+        "WARN",
+        "MAX",
+        "AGE",
+        "BACKEND",
+        "STATE",
+    ]
     assert _text(_status(agents=[])).rstrip().endswith("no agents registered")
 
 

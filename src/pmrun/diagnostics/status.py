@@ -159,7 +159,7 @@ def summary_lines(status: Status) -> list[tuple[str, str]]:
     return lines
 
 
-AGENT_COLUMNS = ("NAME", "PID", "RSS", "PEAK", "WARN", "MAX", "AGE", "STATE")
+AGENT_COLUMNS = ("NAME", "PID", "RSS", "PEAK", "WARN", "MAX", "AGE", "BACKEND", "STATE")
 
 
 def agent_rows(status: Status, *, sort_by_rss: bool = False) -> list[tuple[str, list[str]]]:
@@ -187,6 +187,7 @@ def agent_rows(status: Status, *, sort_by_rss: bool = False) -> list[tuple[str, 
                     _size(a.get("warn_bytes")),
                     _size(a.get("max_bytes")),
                     format_age(a.get("age_s")),
+                    str((a.get("backend") or {}).get("name", "?")),
                     state,
                 ],
             )
@@ -194,7 +195,7 @@ def agent_rows(status: Status, *, sort_by_rss: bool = False) -> list[tuple[str, 
         rows.extend(_service_rows(a.get("services") or [], now))
     loose = status.get("services") or []
     if loose:
-        rows.append(("agent", ["(no agent)", "", "", "", "", "", "", ""]))
+        rows.append(("agent", ["(no agent)", "", "", "", "", "", "", "", ""]))
         rows.extend(_service_rows(loose, now))
     return rows
 
@@ -218,6 +219,7 @@ def _service_rows(services: list[dict[str, Any]], now: float) -> list[tuple[str,
                     f"  └ {s.get('name', '?')}",
                     str(s.get("pid", "")),
                     f"{_size(held)} held" if held is not None else "",
+                    "",
                     "",
                     "",
                     "",
