@@ -1,7 +1,8 @@
 """Run one agent under its memory limits: ``pmrun -- COMMAND``.
 
-The launcher is the agent's parent and a child subreaper, so every descendant stays
-in its tree however it forks. One thread does everything that matters: it blocks the
+The agent's tree hangs under a keeper process (``pmrun._keeper``), a child subreaper,
+so every descendant stays in it however it forks. One thread does everything that
+matters for enforcement (a helper thread talks to the coordinator): it blocks the
 signals it cares about and waits for them with ``sigtimedwait``, whose timeout is the
 adaptive sampling interval. No signal handler ever runs, so there is no race between
 a signal, a sample and a reap.
@@ -127,6 +128,10 @@ class Launcher:
         self._main_thread = _thread.get_ident()
         self._recorder: Any = None
         self._link: Any = None
+        self._pid_known = _thread.allocate_lock()  # released once the command runs
+        self._pid_known.acquire()
+        self._link_ready = _thread.allocate_lock()  # released when the link thread is done
+        self._link_ready.acquire()
         self._start_times: dict[int, int] = {}  # pid -> start time, for the coordinator
 
     # -- the parts --------------------------------------------------------------
@@ -198,50 +203,59 @@ class Launcher:
         self._reap()  # SIGCHLD can coalesce with one already consumed
 
     def _coordinator_socket(self) -> str | None:
-        """The coordinator's socket, started on demand; None when running standalone.
-
-        Runs before we become a subreaper: a coordinator started here then reparents
-        to init instead of into this agent's tree.
-        """
+        """The coordinator's socket path; None when running standalone. Touches nothing."""
         if not self.settings.coordinator:
             return None
         try:
-            from .coordinator.link import default_socket_path, ensure_coordinator
-        except ImportError:
-            return None
-        path = self.settings.socket or default_socket_path()
-        try:
-            ensure_coordinator(path)
+            from .coordinator.paths import resolve_socket_path
+
+            return resolve_socket_path(self.settings.socket)
         except PmrunError as e:
             self._say(f"warning: no coordinator ({e}); enforcing this agent's own limits only")
             return None
-        except OSError as e:
-            self._say(
-                f"warning: no coordinator ({e.strerror}); enforcing this agent's own limits only"
-            )
-            return None
-        return path
 
-    def _link_start(self, socket_path: str, backend: Backend) -> None:
-        from .coordinator.link import AgentLink
+    def _link_thread(self, socket_path: str, backend: dict[str, object]) -> None:
+        """Thread: reach the coordinator (starting one if none answers), then register.
 
-        lim = self.limits
-        info = {
-            "agent_id": self.agent_id,
-            "name": self.settings.name,
-            "launcher_pid": os.getpid(),
-            "child_pid": self._pid,
-            "uid": os.getuid(),
-            "argv": self.argv,
-            "max_rss": lim.max_rss,
-            "warn_rss": lim.warn_rss,
-            "max_as": lim.max_as,
-            "priority": self.settings.priority,
-            "backend": backend.describe(),
-            "started": time.time(),
-        }
-        self._link = AgentLink(socket_path, info, self._on_stop_order)
-        self._link.start()
+        Runs beside the command's start rather than before it: importing the link and
+        connecting cost more than the rest of a launch, and nothing in the agent's own
+        enforcement waits for them. The main thread waits for it only at the end, so
+        that every registration is matched by a deregistration.
+        """
+        try:
+            try:
+                from .coordinator.link import AgentLink, ensure_coordinator
+
+                ensure_coordinator(socket_path)
+            except PmrunError as e:
+                self._say(f"warning: no coordinator ({e}); enforcing this agent's own limits only")
+                return
+            except OSError as e:
+                self._say(
+                    f"warning: no coordinator ({e.strerror}); enforcing this agent's own limits only"
+                )
+                return
+            self._pid_known.acquire()  # the command's pid is part of the registration
+            lim = self.limits
+            info = {
+                "agent_id": self.agent_id,
+                "name": self.settings.name,
+                "launcher_pid": os.getpid(),
+                "child_pid": self._pid,
+                "uid": os.getuid(),
+                "argv": self.argv,
+                "max_rss": lim.max_rss,
+                "warn_rss": lim.warn_rss,
+                "max_as": lim.max_as,
+                "priority": self.settings.priority,
+                "backend": backend,
+                "started": time.time(),
+            }
+            link = AgentLink(socket_path, info, self._on_stop_order)
+            link.start()
+            self._link = link
+        finally:
+            self._link_ready.release()
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self._recorder is not None:
@@ -252,8 +266,6 @@ class Launcher:
     # -- the run ------------------------------------------------------------------
 
     def run(self) -> int:
-        import prctl
-
         lim = self.limits
         socket_path = self._coordinator_socket()
         backend = select(
@@ -262,7 +274,6 @@ class Launcher:
             max_rss=lim.max_rss,
             warn_rss=lim.warn_rss,
         )
-        prctl.set_child_subreaper(1)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
         env = dict(os.environ)
         env["PMRUN_AGENT_ID"] = self.agent_id
@@ -278,6 +289,16 @@ class Launcher:
                 max_as=lim.max_as,
                 prepare=backend.prepare_child,
                 cleanup=backend.close,
+                # Forked first, so that no thread holds a lock in the keeper's copy.
+                after_fork=(
+                    (
+                        lambda: _thread.start_new_thread(
+                            self._link_thread, (socket_path, backend.describe())
+                        )
+                    )
+                    if socket_path
+                    else None
+                ),
             )
         except BaseException:
             backend.close()
@@ -287,6 +308,7 @@ class Launcher:
             self._pidfd = os.pidfd_open(self._pid)
         except (OSError, AttributeError):  # pragma: no cover - kernels before 5.3
             self._pidfd = None
+        self._pid_known.release()
         backend.keeper_pid = self._keeper.pid
         backend.started(self._pid)
         if type(backend).wakeup_fd is not Backend.wakeup_fd:
@@ -308,8 +330,6 @@ class Launcher:
                     "backend": backend.describe(),
                 },
             )
-        if socket_path:
-            self._link_start(socket_path, backend)
         try:
             report = self._supervise(backend, start_wall)
         finally:
@@ -317,7 +337,7 @@ class Launcher:
             self._keeper.close()
             if self._pidfd is not None:
                 os.close(self._pidfd)
-        if self._link is not None:
+        if socket_path and self._link_ready.acquire(timeout=2.0) and self._link is not None:
             self._link.close(report.to_dict())
         if self._recorder is not None:
             self._recorder.end(

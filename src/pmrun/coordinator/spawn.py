@@ -9,6 +9,7 @@ the second exit at once with status 0.
 
 from __future__ import annotations
 
+import _signal
 import os
 import sys
 
@@ -50,6 +51,10 @@ def spawn_coordinator(
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which execs or _exits
             try:
+                # The launcher's threads block the signals its main thread waits for,
+                # and exec keeps a blocked mask: unblock all, or SIGTERM would never
+                # reach the daemon.
+                _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
                 os.setsid()
                 if os.fork() != 0:
                     os._exit(0)
@@ -63,5 +68,8 @@ def spawn_coordinator(
     finally:
         os.close(log_fd)
         os.close(null_fd)
-    os.waitpid(pid, 0)  # the intermediate child exits at once; the daemon is init's
+    try:
+        os.waitpid(pid, 0)  # the intermediate child exits at once; the daemon is init's
+    except ChildProcessError:
+        pass  # a caller that reaps all its children (the launcher) got to it first
     return pid
