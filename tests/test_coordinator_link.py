@@ -300,3 +300,31 @@ def test_close_without_start_releases_everything(sockdir):  # noqa: F811
     link.close({})
     link.report(2, 2, [])  # after close: still harmless
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_ensure_coordinator_takes_a_full_backlog_for_a_busy_coordinator(tmp_path) -> None:
+    """A full listen backlog (EAGAIN) means a coordinator is there: start no second one."""
+    import socket as socketlib
+
+    from pmrun.coordinator.link import ensure_coordinator
+
+    path = str(tmp_path / "busy.sock")
+    server = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    server.bind(path)
+    server.listen(0)  # never accepts
+    queued = []
+    try:
+        for _ in range(8):  # fill the backlog until a connect would block
+            c = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+            c.setblocking(False)
+            try:
+                c.connect(path)
+            except BlockingIOError:
+                c.close()
+                break
+            queued.append(c)
+        assert ensure_coordinator(path) is True  # and nothing was started (the leak check)
+    finally:
+        for c in queued:
+            c.close()
+        server.close()

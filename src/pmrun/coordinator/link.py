@@ -85,8 +85,11 @@ def ensure_coordinator(socket_path: str) -> bool:
     try:
         connect(socket_path, timeout_s=0.5).close()
         return True
-    except TimeoutError:
-        return True  # something is there but busy (backlog full): do not start another
+    except (TimeoutError, BlockingIOError):
+        # Something is there but busy: a full listen backlog answers EAGAIN to a Unix
+        # socket connect (100 launchers starting at once). Do not start another; the
+        # link retries with backoff.
+        return True
     except (FileNotFoundError, ConnectionRefusedError):
         pass
     except OSError as e:
