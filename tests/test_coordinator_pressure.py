@@ -48,7 +48,9 @@ def test_three_agents_over_a_small_pool_evict_first_then_stop_exactly_the_larges
     mid = FakeLauncher(procs, d.socket, "mid", 40, cache_mb=20)
     mid.wait_line("READY")
     wait_until(lambda: d.agents().get("mid", {}).get("services"), 10, "mid's service registered")
-    small = FakeLauncher(procs, d.socket, "small", 100)
+    # 150 + 40 + 20 (cache) + 140 MB: over the 300M pool by a margin that counting
+    # shared pages once (PSS, near the limit) cannot take away.
+    small = FakeLauncher(procs, d.socket, "small", 140)
 
     assert big.wait_line("STOP") == "pool"
     assert big.proc.wait(10) == 137
