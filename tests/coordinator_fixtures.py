@@ -61,6 +61,22 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def coordinator_pids(socket_path: str) -> list[int]:
+    """Live processes running ``pmrun coordinator --socket socket_path``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"coordinator" in argv and socket_path.encode() in argv and pid_alive(int(name)):
+            found.append(int(name))
+    return found
+
+
 class Procs:
     """Owns processes started by a test: kills, reaps and checks them gone at teardown."""
 

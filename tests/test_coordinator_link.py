@@ -13,7 +13,14 @@ import time
 
 import pytest
 
-from coordinator_fixtures import PYTHON, pid_alive, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import (  # noqa: F401
+    PYTHON,
+    coordinator_pids,
+    pid_alive,
+    procs,
+    sockdir,
+    wait_until,
+)
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator import query
 from pmrun.coordinator.link import AgentLink, ensure_coordinator
@@ -215,25 +222,10 @@ def test_link_import_stays_light():
     assert out.stdout.strip() == "[]"
 
 
-def _coordinators_for(path: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"coordinator" in argv and path.encode() in argv and pid_alive(int(name)):
-            found.append(int(name))
-    return found
-
-
 def _stop_daemons(path: str) -> None:
-    for pid in _coordinators_for(path):
+    for pid in coordinator_pids(path):
         os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not _coordinators_for(path), 5, "daemons gone")
+    wait_until(lambda: not coordinator_pids(path), 5, "daemons gone")
 
 
 def test_ensure_coordinator_starts_one_detached_daemon_on_demand(sockdir):  # noqa: F811
@@ -241,7 +233,7 @@ def test_ensure_coordinator_starts_one_detached_daemon_on_demand(sockdir):  # no
     try:
         assert ensure_coordinator(path) is False
         pong = wait_until(lambda: _ping(path), 10, "the spawned coordinator answers")
-        assert pong.pid in _coordinators_for(path)
+        assert pong.pid in coordinator_pids(path)
         with open(f"/proc/{pong.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         assert fields[1] == "1" or int(fields[1]) != os.getpid()  # not our child: reparented
@@ -267,8 +259,8 @@ def test_launchers_racing_start_exactly_one_coordinator(sockdir):  # noqa: F811
         outs = [r.communicate(timeout=20)[0].strip() for r in racers]
         assert "False" in outs
         wait_until(lambda: _ping(path), 10, "a coordinator answers")
-        wait_until(lambda: len(_coordinators_for(path)) == 1, 10, "the extra daemons exited")
-        assert _ping(path).pid == _coordinators_for(path)[0]
+        wait_until(lambda: len(coordinator_pids(path)) == 1, 10, "the extra daemons exited")
+        assert _ping(path).pid == coordinator_pids(path)[0]
     finally:
         _stop_daemons(path)
 

@@ -26,7 +26,15 @@ from typing import Any
 import pytest
 
 from conftest import PMRUN, PYTHON
-from coordinator_fixtures import Daemon, Procs, pid_alive, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import (  # noqa: F401
+    Daemon,
+    Procs,
+    coordinator_pids,
+    pid_alive,
+    procs,
+    sockdir,
+    wait_until,
+)
 from pmrun import _procfs
 from pmrun.coordinator import query
 from pmrun.errors import PmrunError
@@ -231,22 +239,6 @@ def test_100_agents_at_once_are_counted_registered_and_deregistered_exactly_once
         "load-100", agents=n, mb_each=mb, startup_s=round(startup_s, 2), **figures, **counts,
         survivors=0, lost_events=0,
     )  # fmt: skip
-
-
-def coordinator_pids(socket_path: str) -> list[int]:
-    """Live processes running ``pmrun coordinator --socket socket_path``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"coordinator" in argv and socket_path.encode() in argv and pid_alive(int(name)):
-            found.append(int(name))
-    return found
 
 
 @pytest.mark.slow
