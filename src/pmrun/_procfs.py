@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import time
 
+TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 PROC = "/proc"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -34,9 +38,13 @@ def _read(path: str) -> str:
 
 def statm(pid: int, proc: str = PROC) -> tuple[int, int]:
     """Return (virtual size, resident size) of ``pid`` in bytes."""
-    fields = _read(f"{proc}/{pid}/statm").split()
-    if len(fields) < 2:
-        raise ProcessGone(pid)  # a zombie has an empty-ish statm
+    return _statm_sizes(pid, _read(f"{proc}/{pid}/statm").split())
+
+
+def _statm_sizes(pid: int, fields: list[str] | list[bytes]) -> tuple[int, int]:
+    """(virtual size, resident size) in bytes from the fields of a ``statm`` line."""
+    if len(fields) < 2 or (int(fields[0]) == 0 and int(fields[1]) == 0):
+        raise ProcessGone(pid)  # a zombie has an empty or all-zero statm
     return int(fields[0]) * PAGE_SIZE, int(fields[1]) * PAGE_SIZE
 
 
@@ -48,14 +56,24 @@ def has_children_files(proc: str = PROC) -> bool:
 
 def children(pid: int, proc: str = PROC) -> list[int]:
     """Direct children of every thread of ``pid`` (a child's parent may be any thread)."""
+    return _children_of(pid, _tids(pid, proc), proc, _read)
+
+
+def _tids(pid: int, proc: str) -> list[str]:
     try:
-        tids = os.listdir(f"{proc}/{pid}/task")
+        return os.listdir(f"{proc}/{pid}/task")
     except (FileNotFoundError, ProcessLookupError) as e:
         raise ProcessGone(pid) from e
+
+
+def _children_of(
+    pid: int, tids: list[str], proc: str, read: Callable[[str], str | bytes]
+) -> list[int]:
+    """The children listed in each of ``tids``' children files, read with ``read``."""
     out: list[int] = []
     for tid in tids:
         try:
-            text = _read(f"{proc}/{pid}/task/{tid}/children")
+            text = read(f"{proc}/{pid}/task/{tid}/children")
         except ProcessGone:
             continue  # that thread exited; its children moved to a sibling or reaper
         out.extend(int(c) for c in text.split())
@@ -250,24 +268,11 @@ class TreeReader:
 
     def statm(self, pid: int) -> tuple[int, int]:
         """(virtual size, resident size) of ``pid`` in bytes."""
-        fields = self._pread(f"{self._proc}/{pid}/statm").split()
-        if len(fields) < 2 or fields[1] == b"0" and fields[0] == b"0":
-            raise ProcessGone(pid)  # a zombie
-        return int(fields[0]) * PAGE_SIZE, int(fields[1]) * PAGE_SIZE
+        return _statm_sizes(pid, self._pread(f"{self._proc}/{pid}/statm").split())
 
     def children(self, pid: int) -> list[int]:
-        try:
-            tids = os.listdir(f"{self._proc}/{pid}/task")
-        except (FileNotFoundError, ProcessLookupError) as e:
-            raise ProcessGone(pid) from e
-        out: list[int] = []
-        for tid in tids:
-            try:
-                text = self._pread(f"{self._proc}/{pid}/task/{tid}/children")
-            except ProcessGone:
-                continue
-            out.extend(int(c) for c in text.split())
-        return out
+        """Like :func:`children`, through the open files."""
+        return _children_of(pid, _tids(pid, self._proc), self._proc, self._pread)
 
     def walk(self, roots: list[int]) -> list[tuple[int, int, int]]:
         """(pid, virtual size, resident size) of ``roots`` and every descendant, zombies left out.
@@ -312,36 +317,13 @@ class TreeReader:
                         self._tids[pid] = (threads, now, tids)
             except (ProcessGone, FileNotFoundError, ProcessLookupError, IndexError, ValueError):
                 continue
-            kids: list[int] = []
-            for tid in tids:
-                try:
-                    kids.extend(
-                        int(c)
-                        for c in self._pread(f"{self._proc}/{pid}/task/{tid}/children").split()
-                    )
-                except ProcessGone:
-                    continue
+            kids = _children_of(pid, tids, self._proc, self._pread)
             stack.extend(reversed(kids))
         return out
 
     def descendants(self, roots: list[int]) -> list[int]:
-        """Like :func:`descendants`, through the open files."""
-        if not self._fast:
-            return descendants(roots, self._proc)
-        seen: list[int] = []
-        visited: set[int] = set()
-        stack = list(reversed(roots))
-        while stack:
-            pid = stack.pop()
-            if pid in visited:
-                continue
-            visited.add(pid)
-            seen.append(pid)
-            try:
-                stack.extend(reversed(self.children(pid)))
-            except ProcessGone:
-                continue
-        return seen
+        """Like :func:`descendants`, through the open files; zombies are left out."""
+        return [pid for pid, _, _ in self.walk(roots)]
 
     def open_files(self) -> int:
         """How many /proc files are held open."""
