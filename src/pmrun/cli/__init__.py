@@ -7,6 +7,7 @@ click command loaded only when named.
 
 from __future__ import annotations
 
+import os
 import sys
 
 # Subcommand name -> "module:attribute"; loaded on demand so `pmrun status` does not
@@ -23,17 +24,19 @@ COMMANDS: dict[str, str] = {
     "init": "pmrun.cli.project:init_command",
     "config": "pmrun.cli.project:config_command",
     "gc": "pmrun.cli.cgroup:gc_command",
+    "completion": "pmrun.cli.completion:completion_command",
 }
+
+# Click's completion scripts call `pmrun` with this variable set (and no arguments).
+COMPLETE_VAR = "_PMRUN_COMPLETE"
 
 
 def _is_launch(argv: list[str]) -> bool:
     """True for ``pmrun [run-options] -- cmd`` and ``pmrun [run-options] cmd``."""
-    if not argv:
+    if not argv or COMPLETE_VAR in os.environ:
         return False
     first = argv[0]
-    if first in COMMANDS or first in ("-h", "--help", "--version"):
-        return False
-    return True
+    return first not in COMMANDS and first not in ("-h", "--help", "-V", "--version")
 
 
 def main(argv: list[str] | None = None) -> None:

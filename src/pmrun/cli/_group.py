@@ -11,6 +11,7 @@ import click
 
 from ..errors import PmrunError
 from . import COMMANDS
+from .run_help import EXIT_STATUS, LAUNCH_SYNOPSIS, launch_params
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,8 +30,18 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# The launcher's options sit on the group only for `pmrun --help` and completion of
+# `pmrun --<TAB>`: main() sends every launch to the fast parser, never through click.
+_LAUNCH_PARAMS = launch_params()
+_LAUNCH_NAMES = {p.name for p in _LAUNCH_PARAMS}
+
+
 class LazyGroup(click.Group):
-    """Imports a subcommand's module only when that subcommand runs or is listed."""
+    """Imports a subcommand's module only when that subcommand runs or is listed.
+
+    Its help shows both forms of pmrun: the launcher (synopsis and options) and the
+    subcommands.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -50,12 +61,50 @@ class LazyGroup(click.Group):
         assert isinstance(cmd, click.Command)
         return cmd
 
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, LAUNCH_SYNOPSIS)
+        formatter.write_usage(ctx.command_path, "SUBCOMMAND [ARGS]...", prefix="  or:  ")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        launch: list[tuple[str, str]] = []
+        own: list[tuple[str, str]] = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                (launch if param.name in _LAUNCH_NAMES else own).append(record)
+        with formatter.section("Launch options (before COMMAND; also in `pmrun run --help`)"):
+            formatter.write_dl(launch)
+        with formatter.section("Options"):
+            formatter.write_dl(own)
+        with formatter.section("Subcommands (each has --help)"):
+            rows = []
+            for name in self.list_commands(ctx):
+                cmd = self.get_command(ctx, name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(formatter.width - 6 - 12)))
+            formatter.write_dl(rows)
+
+
+EPILOG = f"""{EXIT_STATUS}
+
+\b
+Examples:
+  pmrun --max-rss 1G -- node agent.js     # one agent; a coordinator starts on demand
+  pmrun status                            # every agent, its memory and the pool
+  pmrun events -n 20                      # what the coordinator did lately
+  eval "$(pmrun completion bash)"         # shell completion (also zsh, fish)"""
+
 
 @click.group(
     cls=LazyGroup,
+    params=_LAUNCH_PARAMS,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Launch an agent: pmrun [OPTIONS] -- COMMAND [ARGS]... (see `pmrun run --help`).",
+    epilog=EPILOG,
 )
-@click.version_option(package_name="pmrun", prog_name="pmrun")
+@click.version_option(None, "-V", "--version", package_name="pmrun", prog_name="pmrun")
 def cli() -> None:
-    """Keep fleets of AI coding agents from running a machine out of memory."""
+    """Keep fleets of AI coding agents from running a machine out of memory.
+
+    The first form runs COMMAND (and every process it starts) under memory limits, as
+    one agent of this host's fleet; the second runs a subcommand.
+    """

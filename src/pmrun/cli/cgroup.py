@@ -6,8 +6,13 @@ import click
 
 from ..errors import CgroupError, ExitCode
 
+_GC_EXAMPLES = """\b
+Examples:
+  pmrun gc --dry-run                             # list what would be removed
+  pmrun gc"""
 
-@click.command("gc")
+
+@click.command("gc", epilog=_GC_EXAMPLES)
 @click.option("--dry-run", is_flag=True, help="List stale groups; kill and remove nothing.")
 def gc_command(dry_run: bool) -> None:
     """Remove the cgroups of agents whose pmrun died.

@@ -20,7 +20,20 @@ def _config(flags: dict[str, Any]) -> config_mod.Config:
     return config_mod.load({f"coordinator.{k}": v for k, v in flags.items()})
 
 
-@click.command("coordinator")
+_COORDINATOR_EXAMPLES = """\b
+Examples:
+  pmrun coordinator --pool 8G                    # in a terminal of its own; Ctrl-C stops it
+  pmrun coordinator --socket /tmp/fleet.sock --pool 600M &
+  PMRUN_SOCKET=/tmp/fleet.sock pmrun -- node agent.js"""
+
+_CLEANUP_EXAMPLES = """\b
+Examples:
+  pmrun cleanup                                  # every service drops its --evict-fraction
+  pmrun cleanup --agent planner --fraction 50%
+  pmrun cleanup --json"""
+
+
+@click.command("coordinator", epilog=_COORDINATOR_EXAMPLES)
 @click.option(
     "--socket",
     "socket_",
@@ -161,7 +174,7 @@ def format_table(rows: list[list[str]]) -> str:
     )
 
 
-@click.command("cleanup")
+@click.command("cleanup", epilog=_CLEANUP_EXAMPLES)
 @click.option(
     "--socket", "socket_", metavar="PATH", help="The coordinator's socket [env PMRUN_SOCKET]."
 )

@@ -52,7 +52,38 @@ def _dump(doc: Any) -> None:
 # pmrun status
 
 
-@click.command("status")
+_STATUS_EXAMPLES = """\b
+Examples:
+  pmrun status
+  pmrun status --socket /tmp/fleet.sock
+  pmrun status --json > status.json"""
+
+_TOP_EXAMPLES = """\b
+Examples:
+  pmrun top
+  pmrun top -d 0.5                               # refresh twice a second
+  pmrun top -n 1 > snapshot.txt"""
+
+_EVENTS_EXAMPLES = """\b
+Examples:
+  pmrun events -n 20                             # the last 20 events
+  pmrun events --kind evict --kind stop --since 10m
+  pmrun events -f --agent planner                # follow one agent until Ctrl-C"""
+
+_HEAP_EXAMPLES = """\b
+Examples:
+  pmrun heap planner                             # an agent named in `pmrun status`
+  pmrun --trace-heap --name planner -- python agent.py   # adds allocation sites
+  pmrun heap --pid 1234                          # any process tree, no coordinator"""
+
+_PLOT_EXAMPLES = """\b
+Examples:
+  pmrun --record run.jsonl -- node agent.js
+  pmrun plot run.jsonl                           # writes run.png
+  pmrun plot run.jsonl -o run.svg"""
+
+
+@click.command("status", epilog=_STATUS_EXAMPLES)
 @socket_option
 @click.option(
     "--json",
@@ -84,7 +115,7 @@ def status_command(socket_path: str | None, as_json: bool) -> None:
 # pmrun top
 
 
-@click.command("top")
+@click.command("top", epilog=_TOP_EXAMPLES)
 @socket_option
 @click.option(
     "--interval",
@@ -122,7 +153,7 @@ def top_command(socket_path: str | None, interval_s: float, iterations: int | No
 # pmrun events
 
 
-@click.command("events")
+@click.command("events", epilog=_EVENTS_EXAMPLES)
 @socket_option
 @click.option(
     "--events",
@@ -245,7 +276,7 @@ def _running_events_path(socket_path: str) -> str | None:
 # pmrun heap
 
 
-@click.command("heap")
+@click.command("heap", epilog=_HEAP_EXAMPLES)
 @click.argument("agent", required=False)
 @click.option(
     "--pid",
@@ -356,7 +387,7 @@ def _print_breakdown(title: str, b: Any) -> None:
 # pmrun plot
 
 
-@click.command("plot")
+@click.command("plot", epilog=_PLOT_EXAMPLES)
 @click.argument("recording", metavar="FILE")
 @click.option(
     "--output",

@@ -31,7 +31,19 @@ _VERBS = {  # outcome -> (done, --dry-run)
 }
 
 
-@click.command("init")
+_INIT_EXAMPLES = """\b
+Examples:
+  pmrun init                                     # this directory
+  pmrun init --dry-run ~/src/myproject"""
+
+_CONFIG_EXAMPLES = """\b
+Examples:
+  pmrun config
+  pmrun config --set agent.max-rss=2G
+  PMRUN_MAX_RSS=2G pmrun config --json"""
+
+
+@click.command("init", epilog=_INIT_EXAMPLES)
 @click.argument("directory", required=False, default=".", type=click.Path(path_type=Path))
 @click.option(
     "--force",
@@ -110,7 +122,7 @@ def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
     return flags
 
 
-@click.command("config")
+@click.command("config", epilog=_CONFIG_EXAMPLES)
 @click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
 @click.option(
     "--set",
