@@ -1,0 +1,120 @@
+"""The demo (``scripts/demo``, ``python -m pmrun.demo``) in its quick form: every step it
+promises happens, in order, and nothing it started is left, also when it is interrupted."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import pid_alive
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="the fleet has Node agents")
+
+
+def _events(out: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if line]
+
+
+def _coordinator_pid(text: str) -> int:
+    m = re.search(r"coordinator started on demand by the launchers: pid (\d+)", text)
+    assert m, text
+    return int(m.group(1))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_quick_demo_evicts_first_then_stops_one_agent_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "pmrun.demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    lines = text.splitlines()
+
+    def first(prefix: str) -> int:
+        return next(i for i, line in enumerate(lines) if prefix in line)
+
+    # The steps, in order, as printed.
+    assert first("== 1. start the fleet") < first("== 2.") < first("evict (")
+    assert first("evict (") < first("still over the pool after evicting: stop coder")
+    assert "prompt-cache in planner" in lines[first("evict (") + 1]
+    assert first("STOPPED coder: exit 137, reason pool") < first("== 3.")
+    assert first("$ pmrun status") < first("$ pmrun events") < first("PLOT ")
+    assert "NAME" in text and "stop.decision" in text  # the status table, the events
+
+    # The coordinator's own log says the same: a cache eviction that freed bytes (and
+    # measured an RSS drop) before the only stop, which was the coder's, for the pool.
+    events = _events(out)
+    kinds = [e["kind"] for e in events]
+    freed = [
+        i
+        for i, e in enumerate(events)
+        if e["kind"] == "evict.result" and isinstance(e["freed_bytes"], int) and e["freed_bytes"]
+    ]
+    [stop] = [i for i, k in enumerate(kinds) if k == "stop.sent"]
+    assert freed and freed[0] < stop
+    assert any(a["rss_drop"] for i in freed for a in events[i]["answered"])  # type: ignore[union-attr]
+    assert events[stop]["name"] == "coder" and events[stop]["reason"] == "pool"
+    report = json.loads((out / "coder.report.json").read_text())
+    assert report["exit_status"] == 137 and report["reason"] == "pool"
+    for name in ("planner", "reviewer", "tester"):  # stopped at the end by the demo, not before
+        assert json.loads((out / f"{name}.report.json").read_text())["reason"] == "signal"
+
+    pngs = re.findall(r"^PLOT (\S+)", text, re.M)
+    assert len(pngs) == 2
+    for png in pngs:
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert "no process left" in lines[-1]
+    assert not pid_alive(_coordinator_pid(text))
+    # Every other process it started carries PMRUN_TEST_TOKEN: conftest checks they are gone.
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_interrupted_demo_stops_everything_it_started(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmrun.demo", "--quick", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("== 2."):  # the fleet and its coordinator are up
+                break
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends it
+        rest = proc.stdout.read()
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(seen) + rest
+    assert "interrupted: stopping everything the demo started" in text
+    assert "no process left" in text.splitlines()[-1], text
+    assert not pid_alive(_coordinator_pid(text))  # the rest: conftest's leak check
+
+
+def test_scripts_demo_sets_up_then_runs_the_fleet_demo() -> None:
+    done = subprocess.run(
+        [str(REPO / "scripts" / "demo"), "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout and "--out DIR" in done.stdout
