@@ -4,11 +4,13 @@ promises happens, in order, and nothing it started is left, also when it is inte
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,62 @@ def test_scripts_demo_sets_up_then_runs_the_fleet_demo() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--quick" in done.stdout and "--out DIR" in done.stdout
+
+
+def _quickstart_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Quickstart\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```sh\n(.*?)^```", section, re.S | re.M)
+
+
+@pytest.mark.timeout(120)
+def test_readme_quickstart_blocks_work_as_shown(tmp_path: Path) -> None:
+    """The README's copy-paste blocks, run by bash as a user would (PATH as the README sets it)."""
+    path_block, one_command, fleet, completion = _quickstart_blocks()
+    assert 'export PATH="$PWD/.venv/bin:$PATH"' in path_block
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env["HOME"] = str(tmp_path)
+
+    def bash(script: str, shell: tuple[str, ...] = ("bash", "--norc", "-c")) -> str:
+        done = subprocess.run(
+            [*shell, script],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    try:
+        out = bash(one_command)
+        assert re.search(r"^fine\nexit 0\nexit 137\n", out, re.M), out
+        assert "coordinator pid" in out
+        out = bash(fleet)
+        assert "exit 0\nexit 0\nexit 137\n" in out, out
+        assert re.search(r"agent.deregister +runaway +exited: max-rss, status 137", out), out
+        for_bash, for_zsh, for_fish = completion.splitlines()
+        assert "-F _pmrun_completion pmrun" in bash(for_bash + "\ncomplete -p pmrun")
+        if shutil.which("zsh"):
+            zsh = ("zsh", "-fc")
+            out = bash(
+                f"autoload -Uz compinit && compinit -u -D\n{for_zsh}\nprint $_comps[pmrun]", zsh
+            )
+            assert out.strip() == "_pmrun_completion"
+        bash(for_fish)
+        assert "_PMRUN_COMPLETE" in (tmp_path / ".config/fish/completions/pmrun.fish").read_text()
+    finally:
+        status = subprocess.run(
+            [str(Path(sys.executable).parent / "pmrun"), "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        coordinator = json.loads(status.stdout).get("coordinator") if status.stdout else None
+        if coordinator:  # started on demand by the first block: stop it
+            os.kill(coordinator["pid"], signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while pid_alive(coordinator["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
