@@ -144,6 +144,10 @@ def test_completion_subcommand_prints_clicks_script() -> None:
         assert out.returncode == 0, out.stderr
         assert out.stdout == pmrun(env={"_PMRUN_COMPLETE": f"{shell}_source"}).stdout
         assert "_PMRUN_COMPLETE" in out.stdout
+    # The variable wins over arguments that would otherwise be a launch (the fast path).
+    assert pmrun("--max-rss", "1G", "true", env={"_PMRUN_COMPLETE": "bash_source"}).stdout == (
+        pmrun("completion", "bash").stdout
+    )
     bad = pmrun("completion", "tcsh")
     assert bad.returncode == 2 and "tcsh" in bad.stderr
 

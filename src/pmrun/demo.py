@@ -44,13 +44,15 @@ import sys
 from pmrun import SharedPromptCache
 
 mb = int(sys.argv[1])
-cache = SharedPromptCache(max_bytes=f"{mb + 32}M", max_entries=100_000, ttl=3600)
-cache.attach()  # register with the coordinator pmrun named in PMRUN_SOCKET (a no-op if done)
+# auto_attach=False: attached below once filled, so that the stats it sends when it
+# registers already show what it holds (they are pushed again every 5 s).
+cache = SharedPromptCache(max_bytes=f"{mb + 32}M", max_entries=100_000, ttl=3600, auto_attach=False)
 base = "You are a careful coding agent. Read the file, make a plan, then change it. "
 i = 0
 while cache.cached_bytes < mb << 20:  # 64 KiB prompts, each its own string
     cache.set(f"prompt:{i}", f"[prompt {i}] " + base * (64 * 1024 // len(base)))
     i += 1
+cache.attach()  # register with the coordinator that pmrun names in PMRUN_SOCKET
 print(f"READY {len(cache)} prompts, {cache.cached_bytes >> 20} MiB cached", flush=True)
 while True:
     signal.pause()  # the coordinator's eviction requests are answered on the client's thread
