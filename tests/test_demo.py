@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,32 +87,58 @@ def test_quick_demo_evicts_first_then_stops_one_agent_and_leaves_nothing(tmp_pat
     # Every other process it started carries PMRUN_TEST_TOKEN: conftest checks they are gone.
 
 
+def _controlling_tty() -> None:
+    """In the child (a new session): its stdin, the pty, becomes its terminal, so ^C is SIGINT."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_interrupted_demo_stops_everything_it_started(tmp_path: Path) -> None:
+def test_ctrl_c_in_a_terminal_stops_everything_the_demo_started(tmp_path: Path) -> None:
+    """scripts/demo in a real terminal (a pty), interrupted by ^C once the fleet is up."""
+    master, slave = os.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pmrun.demo", "--quick", "--out", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        [str(REPO / "scripts" / "demo"), "--quick", "--out", str(tmp_path)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        preexec_fn=_controlling_tty,
     )
-    assert proc.stdout is not None
-    seen = []
+    os.close(slave)
+    output = b""
+
+    def read_until(done: Callable[[bytes], bool], timeout_s: float) -> None:
+        nonlocal output
+        deadline = time.monotonic() + timeout_s
+        while not done(output) and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every holder of the terminal has closed it
+                    return
+                if not chunk:
+                    return
+                output += chunk
+
     try:
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith("== 2."):  # the fleet and its coordinator are up
-                break
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends it
-        rest = proc.stdout.read()
+        read_until(lambda out: b"== 2." in out, 90)  # the fleet and its coordinator are up
+        assert b"== 2." in output, output.decode(errors="replace")
+        os.write(master, b"\x03")  # ^C: the terminal sends SIGINT to its foreground group
         assert proc.wait(60) == 130
+        read_until(lambda out: False, 5)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = "".join(seen) + rest
-    assert "interrupted: stopping everything the demo started" in text
-    assert "no process left" in text.splitlines()[-1], text
+        os.close(master)
+    text = output.decode(errors="replace").replace("\r\n", "\n")
+    assert "interrupted: stopping everything the demo started" in text, text
+    assert "no process left" in text.rstrip().splitlines()[-1], text
     assert not pid_alive(_coordinator_pid(text))  # the rest: conftest's leak check
 
 
