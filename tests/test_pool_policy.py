@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from pmrun.coordinator import policy
 from pmrun.coordinator.policy import Candidate, Level, Readings
-from pmrun.coordinator.pool import AgentEntry, Pool, cgroup_memory, measure_pss, system_memory
+from pmrun.coordinator.pool import AgentEntry, Pool, measure_pss
 
 MIB = 1 << 20
 N, W, C = Level.NORMAL, Level.WARNING, Level.CRITICAL
@@ -239,67 +239,6 @@ def test_measure_pss_on_real_processes_is_at_most_rss():
     out = measure_pss({"me": ([os.getpid()], 0)})
     pss = out["me"][0]
     assert pss is not None and 0 < pss <= _procfs.statm(os.getpid())[1]
-
-
-# -- system memory, container-aware -------------------------------------------------------
-
-
-def fake_tree(tmp_path, cgroup_line, files):
-    proc = tmp_path / "proc"
-    (proc / "self").mkdir(parents=True)
-    (proc / "meminfo").write_text("MemTotal: 8388608 kB\nMemAvailable: 6291456 kB\n")
-    (proc / "self" / "cgroup").write_text(cgroup_line + "\n")
-    root = tmp_path / "cg"
-    for rel, text in files.items():
-        f = root / rel
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(text)
-    return str(proc), str(root)
-
-
-def test_system_memory_without_a_cgroup_limit(tmp_path):
-    proc, root = fake_tree(tmp_path, "0::/user.slice", {"cgroup.controllers": "memory",
-                                                         "user.slice/memory.max": "max"})  # fmt: skip
-    m = system_memory(proc, root)
-    assert (m.total_bytes, m.used_bytes, m.source) == (8 << 30, 2 << 30, "meminfo")
-
-
-def test_system_memory_uses_a_smaller_cgroup_v2_limit(tmp_path):
-    proc, root = fake_tree(tmp_path, "0::/box", {
-        "cgroup.controllers": "memory",
-        "box/memory.max": str(1 << 30),
-        "box/memory.current": str(700 << 20),
-        "box/memory.stat": f"anon 1\ninactive_file {100 << 20}\n",
-    })  # fmt: skip
-    m = system_memory(proc, root)
-    assert (m.total_bytes, m.used_bytes) == (1 << 30, 600 << 20)
-    assert m.source.startswith("cgroup v2")
-
-
-def test_system_memory_uses_the_tightest_cgroup_v1_ancestor(tmp_path):
-    proc, root = fake_tree(tmp_path, "4:memory:/outer/inner", {
-        "memory/outer/memory.limit_in_bytes": str(2 << 30),
-        "memory/outer/memory.usage_in_bytes": str(1 << 30),
-        "memory/outer/memory.stat": "total_inactive_file 0\n",
-        "memory/outer/inner/memory.limit_in_bytes": str(9223372036854771712),
-    })  # fmt: skip
-    limit, used, source = cgroup_memory(proc, root)
-    assert (limit, used) == (2 << 30, 1 << 30) and source.endswith("outer")
-    assert system_memory(proc, root).total_bytes == 2 << 30
-
-
-def test_system_memory_ignores_a_cgroup_limit_above_memtotal(tmp_path):
-    proc, root = fake_tree(tmp_path, "4:memory:/", {"memory/memory.limit_in_bytes": str(64 << 30)})
-    assert system_memory(proc, root).source == "meminfo"
-
-
-def test_cgroup_path_missing_under_the_mount_uses_the_mount_root(tmp_path):
-    # Inside a cgroup namespace /proc/self/cgroup may name a path the mount does not show.
-    proc, root = fake_tree(tmp_path, "4:memory:/host/path", {
-        "memory/memory.limit_in_bytes": str(1 << 30),
-        "memory/memory.usage_in_bytes": str(10 << 20),
-    })  # fmt: skip
-    assert cgroup_memory(proc, root)[0] == 1 << 30
 
 
 @pytest.mark.parametrize(

@@ -77,3 +77,58 @@ def test_integers_round_trip(n: int) -> None:
 @given(st.integers(min_value=0, max_value=1 << 50))
 def test_formatted_sizes_parse_back_close(n: int) -> None:
     assert abs(parse_size(format_size(n)) - n) <= max(n * 0.05, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("12Q", "invalid size '12Q': expected a number with a unit, e.g. 500M or 1.5G"),
+        ("1.2.3M", "invalid size '1.2.3M': expected a number with a unit, e.g. 500M or 1.5G"),
+        ("-5M", "invalid size '-5M': must be zero or more"),
+        (float("inf"), "invalid size inf: must be finite"),
+        ("2000P", "invalid size '2000P': expected a number with a unit, e.g. 500M or 1.5G"),
+        ("2e6T", "invalid size '2e6T': larger than 1048576.0T"),
+        (10**400, f"invalid size {repr(10**400)[:40]}: larger than 1048576.0T"),
+        (MAX_SIZE + 1, f"invalid size {MAX_SIZE + 1}: larger than 1048576.0T"),
+    ],
+)
+def test_bad_sizes_say_exactly_what_is_wrong(text, message) -> None:
+    with pytest.raises(SizeError) as e:
+        parse_size(text)
+    assert str(e.value) == message
+
+
+def test_the_largest_size_is_accepted_and_one_more_is_not() -> None:
+    assert parse_size(MAX_SIZE) == MAX_SIZE
+    assert parse_size(str(MAX_SIZE)) == MAX_SIZE
+    with pytest.raises(SizeError):
+        parse_size(str(MAX_SIZE + 1))
+
+
+@pytest.mark.parametrize("word", ["off", "none", "None", "unlimited", "infinity", " OFF "])
+def test_every_word_for_no_limit(word: str) -> None:
+    assert parse_optional_size(word) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("abc", "invalid fraction 'abc': expected e.g. 80% or 0.8"),
+        ("x" * 50, f"invalid fraction {repr('x' * 50)[:40]}: expected e.g. 80% or 0.8"),
+        ("120%", "invalid fraction '120%': must be between 0% and 100%"),
+        (-0.5, "invalid fraction -0.5: must be between 0% and 100%"),
+    ],
+)
+def test_bad_fractions_say_exactly_what_is_wrong(text, message) -> None:
+    with pytest.raises(SizeError) as e:
+        parse_fraction(text)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    ("n", "shown"),
+    [(None, "off"), (0, "0B"), (1023, "1023B"), (1024, "1.0K"), (1536 << 10, "1.5M"),
+     (1 << 30, "1.0G"), (3 << 40, "3.0T"), (5 << 50, "5120.0T")],
+)  # fmt: skip
+def test_format_size_table(n, shown) -> None:
+    assert format_size(n) == shown

@@ -6,7 +6,8 @@
   (v1: in the memory and freezer hierarchies); the :class:`AgentGroup` it returns is
   joined, read, limited, killed and removed through its methods.
 - :func:`cleanup_orphans` empties and removes groups whose launcher died.
-- :func:`container_memory`, :func:`container_memory_limit` and
+- :func:`system_memory` (what the coordinator's system threshold watches),
+  :func:`container_memory`, :func:`container_memory_limit` and
   :func:`effective_total_memory` say how much memory this process really has when it
   runs in a memory-limited cgroup (a container, a pod, a systemd unit).
 
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 from ._container import (
     ContainerMemory,
+    SystemMemory,
     container_memory,
     container_memory_limit,
     effective_total_memory,
+    system_memory,
 )
 from ._group import AgentGroup, V1Group, V2Group, create_group, evacuate, open_group
 from ._layout import LAUNCHER_LEAF, PARENT, Layout, detect, locate
@@ -47,6 +50,7 @@ __all__ = [
     "OomLog",
     "Orphan",
     "PARENT",
+    "SystemMemory",
     "V1Group",
     "V2Group",
     "clean",
@@ -64,5 +68,6 @@ __all__ = [
     "open_group",
     "parse_group_name",
     "remove_empty_parents",
+    "system_memory",
     "valid_agent_id",
 ]

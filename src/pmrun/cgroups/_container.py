@@ -84,12 +84,19 @@ def _memory_in(layout: Layout) -> ContainerMemory | None:
     return ContainerMemory(limit, usage, max(0, working), f"cgroup v{layout.version} {d}")
 
 
-def container_memory(proc: str = PROC, root: str = "") -> ContainerMemory | None:
-    """The tightest memory cgroup limit over this process and its usage; None if unlimited."""
-    try:
-        layout = locate(proc, root)
-    except CgroupError:
-        return None
+def container_memory(
+    proc: str = PROC, root: str = "", layout: Layout | None = None
+) -> ContainerMemory | None:
+    """The tightest memory cgroup limit over this process and its usage; None if unlimited.
+
+    ``layout`` is :func:`locate`'s answer when the caller keeps it (a process's group
+    rarely moves, and finding it parses mountinfo).
+    """
+    if layout is None:
+        try:
+            layout = locate(proc, root)
+        except CgroupError:
+            return None
     return _memory_in(layout)
 
 
@@ -104,3 +111,34 @@ def effective_total_memory(proc: str = PROC, root: str = "") -> int:
     total = _procfs.meminfo(proc).get("MemTotal", 0)
     limit = container_memory_limit(proc, root)
     return total if limit is None or total == 0 else min(total, limit)
+
+
+class SystemMemory:
+    """Memory total and used, as the system threshold sees it. Bytes."""
+
+    __slots__ = ("total_bytes", "used_bytes", "source")
+
+    def __init__(self, total_bytes: int, used_bytes: int, source: str) -> None:
+        self.total_bytes = total_bytes
+        self.used_bytes = used_bytes
+        self.source = (
+            source  # "meminfo", or "cgroup v1 /path" / "cgroup v2 /path" when a limit binds
+        )
+
+    def __repr__(self) -> str:
+        return f"SystemMemory(total={self.total_bytes}, used={self.used_bytes}, {self.source})"
+
+
+def system_memory(proc: str = PROC, root: str = "", layout: Layout | None = None) -> SystemMemory:
+    """The host's memory (MemTotal - MemAvailable), or the container's if its limit is smaller.
+
+    In a container the limit binds first: used is then the limiting group's working set
+    (usage minus inactive page cache), the figure ``docker stats`` and the kubelet show.
+    """
+    mi = _procfs.meminfo(proc)
+    total = mi.get("MemTotal", 0)
+    available = mi.get("MemAvailable", mi.get("MemFree", 0))
+    found = container_memory(proc, root, layout)
+    if found is not None and (total == 0 or found.limit_bytes < total):
+        return SystemMemory(found.limit_bytes, found.working_set_bytes, found.source)
+    return SystemMemory(total, max(0, total - available), "meminfo")

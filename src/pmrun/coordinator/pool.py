@@ -15,14 +15,11 @@ The pool is the sum, over registered agents, of each agent's memory:
   processes cannot be read (no pids reported, e.g. a cgroup backend) keeps its reported
   figure.
 
-System memory is MemTotal minus MemAvailable, or, where the coordinator runs in a memory
-cgroup whose limit is below MemTotal (a container), that limit and the group's usage
-minus its inactive file cache (the "working set" container tools show).
+System memory (container-aware) is :func:`pmrun.cgroups.system_memory`'s.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +27,6 @@ from .. import _procfs
 from .policy import Candidate
 
 PSS_ZONE = 0.80  # pool used / pool limit from which PSS replaces RSS
-UNLIMITED = 1 << 62  # cgroup v1 reports "no limit" as a huge page-aligned number
 
 
 @dataclass
@@ -198,116 +194,3 @@ def measure_pss(
                 continue
         out[agent_id] = (total if readable else None, rss_then)
     return out
-
-
-# -- system memory, container-aware ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SystemMemory:
-    total_bytes: int
-    used_bytes: int
-    source: str  # "meminfo", or "cgroup v1 /path" / "cgroup v2 /path" when a limit binds
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    if text == "max":
-        return UNLIMITED
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _stat_value(path: str, key: str) -> int:
-    try:
-        with open(path) as f:
-            for line in f:
-                k, _, v = line.partition(" ")
-                if k == key:
-                    return int(v)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def own_cgroup_dirs(proc: str, cgroup_root: str) -> list[tuple[str, str]]:
-    """(version, directory) of our memory cgroup and its ancestors, innermost first."""
-    try:
-        with open(f"{proc}/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        hier, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hier == "0" and controllers == "":
-            if not os.path.exists(os.path.join(cgroup_root, "cgroup.controllers")):
-                continue  # hybrid layout: the memory controller is on v1
-            version, base = "v2", cgroup_root
-        elif "memory" in controllers.split(","):
-            version, base = "v1", os.path.join(cgroup_root, "memory")
-        else:
-            continue
-        dirs: list[tuple[str, str]] = []
-        rel = path.strip("/")
-        # Inside a cgroup namespace the path may not exist under the mount: then the
-        # mount's root is our group.
-        while rel:
-            d = os.path.join(base, rel)
-            if os.path.isdir(d):
-                dirs.append((version, d))
-            rel = os.path.dirname(rel)
-        dirs.append((version, base))
-        return dirs
-    return []
-
-
-def cgroup_memory(
-    proc: str = _procfs.PROC,
-    cgroup_root: str = "/sys/fs/cgroup",
-    dirs: list[tuple[str, str]] | None = None,
-) -> tuple[int, int, str] | None:
-    """(limit, working set, source) of the tightest memory cgroup limit over us, if any.
-
-    Working set = usage minus inactive file cache, as ``docker stats`` and the kubelet count.
-    ``dirs`` is :func:`own_cgroup_dirs`'s answer, when the caller keeps it.
-    """
-    best: tuple[int, int, str] | None = None
-    if dirs is None:
-        dirs = own_cgroup_dirs(proc, cgroup_root)
-    for version, d in dirs:
-        if version == "v1":
-            limit = _read_int(os.path.join(d, "memory.limit_in_bytes"))
-            usage_file, inactive_key = "memory.usage_in_bytes", "total_inactive_file"
-        else:
-            limit = _read_int(os.path.join(d, "memory.max"))
-            usage_file, inactive_key = "memory.current", "inactive_file"
-        if limit is None or limit >= UNLIMITED:
-            continue
-        if best is None or limit < best[0]:
-            usage = _read_int(os.path.join(d, usage_file)) or 0
-            inactive = _stat_value(os.path.join(d, "memory.stat"), inactive_key)
-            best = (limit, max(0, usage - inactive), f"cgroup {version} {d}")
-    return best
-
-
-def system_memory(
-    proc: str = _procfs.PROC,
-    cgroup_root: str = "/sys/fs/cgroup",
-    dirs: list[tuple[str, str]] | None = None,
-) -> SystemMemory:
-    """Memory total and used for the system threshold: the host's, or the container's if smaller."""
-    mi = _procfs.meminfo(proc)
-    total = mi.get("MemTotal", 0)
-    available = mi.get("MemAvailable", mi.get("MemFree", 0))
-    host = SystemMemory(total, max(0, total - available), "meminfo")
-    cg = cgroup_memory(proc, cgroup_root, dirs)
-    if cg is not None and cg[0] < total:
-        return SystemMemory(cg[0], cg[1], cg[2])
-    return host

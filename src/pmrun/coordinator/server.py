@@ -34,8 +34,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import _procfs
-from ..errors import SocketSecurityError
+from .. import _procfs, cgroups
+from ..errors import PmrunError, SocketSecurityError
 from ..events import EventLog
 from . import paths, policy
 from . import protocol as p
@@ -46,8 +46,6 @@ from .pool import (
     Pool,
     ServiceEntry,
     measure_pss,
-    own_cgroup_dirs,
-    system_memory,
 )
 
 log = logging.getLogger("pmrun.coordinator")
@@ -89,7 +87,7 @@ class CoordinatorSettings:
     metrics_host: str = "127.0.0.1"  # this host only by default: the labels name agents
     hysteresis: policy.Hysteresis = field(default_factory=policy.Hysteresis)
     proc: str = _procfs.PROC
-    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_root: str = ""  # a prefix before every cgroup mount point (tests: a fake tree)
 
     @property
     def events_file(self) -> str:
@@ -272,8 +270,8 @@ class Coordinator:
         self._last_eviction: dict[str, Any] | None = None
         self._last_decision: dict[str, Any] | None = None
         self._last_sweep = -1e18
-        self._cg_dirs: list[tuple[str, str]] | None = None
-        self._cg_dirs_at = -1e18
+        self._cg_layout: cgroups.Layout | None = None
+        self._cg_layout_at = -1e18
         self._last_refusal_logged = -1e18
         self._started = clock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -706,10 +704,14 @@ class Coordinator:
         """Measure everything now. PSS is read near the pool limit, at most each pss_interval_s."""
         s = self.settings
         now = self.clock()
-        if self._cg_dirs is None or now - self._cg_dirs_at > 60.0:  # our group rarely moves
-            self._cg_dirs, self._cg_dirs_at = own_cgroup_dirs(s.proc, s.cgroup_root), now
+        if now - self._cg_layout_at > 60.0:  # our group rarely moves
+            try:
+                self._cg_layout = cgroups.locate(s.proc, s.cgroup_root)
+            except PmrunError:
+                self._cg_layout = None  # no memory controller: MemTotal alone
+            self._cg_layout_at = now
         try:
-            sysmem = system_memory(s.proc, s.cgroup_root, self._cg_dirs)
+            sysmem = cgroups.system_memory(s.proc, s.cgroup_root, self._cg_layout)
             self.system_source = sysmem.source
             total, used = sysmem.total_bytes, sysmem.used_bytes
         except (OSError, _procfs.ProcessGone, ValueError):

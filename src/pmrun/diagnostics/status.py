@@ -29,7 +29,7 @@ LEVEL_STYLE = {"normal": "green", "warning": "yellow", "critical": "bold red", "
 
 def local_system(proc: str = _procfs.PROC) -> dict[str, Any]:
     """System memory and PSI measured here, in the coordinator's ``system`` shape (no threshold)."""
-    from ..coordinator.pool import system_memory
+    from ..cgroups import system_memory
 
     mem = system_memory(proc)
     psi = _procfs.memory_pressure(proc)
