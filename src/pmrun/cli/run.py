@@ -129,7 +129,7 @@ def build_settings(parsed: Parsed):
     """Resolve flags against environment and config files into launcher settings."""
     from .. import config
     from ..launcher import LaunchSettings
-    from ..report import Limits
+    from ..report import Limits, private_fd
 
     cfg = config.load(parsed.flags)
     max_rss, warn_rss = cfg["agent.max-rss"], cfg["agent.warn-rss"]
@@ -144,6 +144,7 @@ def build_settings(parsed: Parsed):
         grace_s=cfg["agent.grace"],
     )
     x = parsed.extra
+    private_fd(str(x["report"]) if "report" in x else None)
     return LaunchSettings(
         limits=limits,
         name=str(x.get("name", "")),
