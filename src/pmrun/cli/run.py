@@ -66,7 +66,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--trace-heap", None, None, "start tracemalloc in Python services (for `pmrun heap`)"),
     Option("--quiet", None, None, "no warning line on stderr (the report still has it)"),
 )
-BY_FLAG = {o.flag: o for o in OPTIONS}
+# Not in --help: for pmrun.launch, which reads the command's pid from the fd it passes.
+HIDDEN = (Option("--pid-fd", None, "N", "write the command's pid to fd N once it runs"),)
+BY_FLAG = {o.flag: o for o in (*OPTIONS, *HIDDEN)}
 
 
 class Parsed:
@@ -156,7 +158,24 @@ def build_settings(parsed: Parsed):
         record_path=str(x["record"]) if "record" in x else None,
         trace_heap=bool(x.get("trace-heap", False)),
         quiet=bool(x.get("quiet", False)),
+        pid_fd=_pid_fd(x.get("pid-fd")),
     )
+
+
+def _pid_fd(raw: object) -> int | None:
+    """``--pid-fd N``: an fd of pmrun's alone, so the command does not inherit it."""
+    from ..errors import UsageError
+
+    if raw is None:
+        return None
+    if not str(raw).isdigit():
+        raise UsageError(f"--pid-fd needs an open file descriptor number, not {raw!r}")
+    fd = int(str(raw))
+    try:
+        os.set_inheritable(fd, False)
+    except OSError as e:
+        raise UsageError(f"--pid-fd {fd}: {e.strerror}") from None
+    return fd
 
 
 def _fail(message: str, code: int) -> int:
