@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "init": "pmrun.cli.project:init_command",
     "config": "pmrun.cli.project:config_command",
     "gc": "pmrun.cli.cgroup:gc_command",
+    "shim": "pmrun.cli.shim:shim_command",
 }
 
 
