@@ -176,6 +176,17 @@ def test_no_file_left_behind_and_no_fd_leaked(
     assert _fds() <= before | {max(before)}  # at most the fd listdir itself reuses
 
 
+def test_a_parent_without_stdin_gets_its_report_and_the_command_no_extra_stdin() -> None:
+    """With fd 0 closed, the memfd must not become the command's stdin (it would write into it)."""
+    code = (
+        "import os, pmrun; os.close(0);"
+        "a = pmrun.launch(['sh', '-c', 'echo junk >&0'], stderr=-3, coordinator=False);"
+        "a.wait(); print(a.report is not None and a.report['reason'])"
+    )
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout == "exit\n", out.stderr
+
+
 def test_context_manager_closes_and_waits() -> None:
     with pmrun.launch(["sh", "-c", "echo hi"], stdout=subprocess.PIPE, text=True, **NOC) as agent:
         assert agent.stdout is not None and agent.stdout.read() == "hi\n"

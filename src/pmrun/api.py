@@ -34,12 +34,25 @@ Args = (
 _EXEC_AS = "import os,sys; os.execv(sys.argv[1], sys.argv[2:])"
 
 
+def _above_stdio(fd: int) -> int:
+    """``fd`` moved to 3 or above: in a parent that closed stdin, a memfd could become fd 0."""
+    if fd > 2:
+        return fd
+    import fcntl
+
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
 class _Plumbing:
     """The two private channels from the launcher: pid pipe and report memfd. No path, no file."""
 
     def __init__(self) -> None:
-        self.report_fd = os.memfd_create("pmrun-report", os.MFD_CLOEXEC)
-        self.pid_r, self.pid_w = os.pipe2(os.O_CLOEXEC)
+        self.report_fd = _above_stdio(os.memfd_create("pmrun-report", os.MFD_CLOEXEC))
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+        self.pid_r, self.pid_w = _above_stdio(pid_r), _above_stdio(pid_w)
         self.command_pid: int | None = None
         self.command_pidfd: int | None = None
         self._pid_buf = b""
