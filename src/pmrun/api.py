@@ -55,6 +55,7 @@ class _Plumbing:
         self.pid_r, self.pid_w = _above_stdio(pid_r), _above_stdio(pid_w)
         self.command_pid: int | None = None
         self.command_pidfd: int | None = None
+        self.launcher_pid = 0
         self._pid_buf = b""
         self._pid_done = False
         self.report: dict[str, Any] | None = None
@@ -62,8 +63,9 @@ class _Plumbing:
     def launcher_args(self) -> list[str]:
         return ["--report", f"/dev/fd/{self.report_fd}", "--pid-fd", str(self.pid_w)]
 
-    def started(self) -> None:
+    def started(self, launcher_pid: int = 0) -> None:
         """The launcher runs (or failed to): our copy of the pipe's write end goes."""
+        self.launcher_pid = launcher_pid or self.launcher_pid
         if self.pid_w >= 0:
             os.close(self.pid_w)
             self.pid_w = -1
@@ -84,10 +86,7 @@ class _Plumbing:
         line = self._pid_buf.partition(b"\n")[0]
         if line.isdigit():
             self.command_pid = int(line)
-            try:  # pin it now, while it surely is the command, so kill() never hits a reused pid
-                self.command_pidfd = os.pidfd_open(self.command_pid)
-            except OSError:
-                self.command_pidfd = None
+            self.command_pidfd = _pin(self.command_pid, self.launcher_pid)
         os.close(self.pid_r)
         self.pid_r = -1
 
@@ -107,6 +106,8 @@ class _Plumbing:
 
     def kill_command(self, sig: int) -> bool:
         """Signal the command itself through its pidfd; False when it cannot be reached."""
+        if not self._pid_done and self.pid_r >= 0:
+            self.feed_pid(0)  # the pid may have arrived without anyone asking
         if self.command_pidfd is None:
             return False
         try:
@@ -129,6 +130,30 @@ class _Plumbing:
             self.close()
         except OSError:  # pragma: no cover - interpreter shutdown
             pass
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
+def _pin(pid: int, launcher_pid: int) -> int | None:
+    """A pidfd for the command, only if it still is the command: its parent's parent is pmrun.
+
+    The pid was written when the command started; if it has ended since and the pid was
+    reused, the new process hangs elsewhere and is not pinned (kill() then goes to pmrun).
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        if _ppid(_ppid(pid)) == launcher_pid:  # command -> keeper -> launcher
+            return fd
+    except (OSError, ValueError, IndexError):
+        pass
+    os.close(fd)
+    return None
 
 
 def _returncode(status: int, report: dict[str, Any] | None) -> int:
@@ -393,7 +418,7 @@ def launch(
     except BaseException:
         plumbing.close()
         raise
-    plumbing.started()
+    plumbing.started(popen.pid)
     return Agent(popen, plumbing, args)
 
 
@@ -553,7 +578,7 @@ async def _create(args: Any, shell: bool, kwds: dict[str, Any]) -> AsyncAgent:
     except BaseException:
         plumbing.close()
         raise
-    plumbing.started()
+    plumbing.started(process.pid)
     await _await_pid(plumbing)
     return AsyncAgent(process, plumbing, args)
 
