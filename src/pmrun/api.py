@@ -303,10 +303,8 @@ def _pmrun_options(
     return args
 
 
-def _argv(
-    args: Any, shell: bool, executable: Any, env: Any, cwd: Any
-) -> tuple[list[str], list[str]]:
-    """What Popen would execute, as (command for pmrun, argv of the program).
+def _argv(args: Any, shell: bool, executable: Any, env: Any, cwd: Any) -> list[str]:
+    """The command pmrun runs for what Popen would execute.
 
     Raises FileNotFoundError / PermissionError as Popen does when the program cannot be run.
     """
@@ -315,15 +313,14 @@ def _argv(
     else:
         argv = [os.fsdecode(a) for a in args]
     if shell:
-        argv = [os.fsdecode(executable) if executable else "/bin/sh", "-c", *argv]
-        return argv, argv
+        return [os.fsdecode(executable) if executable else "/bin/sh", "-c", *argv]
     if not argv:
         raise IndexError("list index out of range")  # what Popen raises for []
     program = os.fsdecode(executable) if executable else argv[0]
     found = _which(program, env, cwd)
     if executable:
-        return [sys.executable, "-c", _EXEC_AS, found, *argv], argv
-    return argv, argv
+        return [sys.executable, "-c", _EXEC_AS, found, *argv]
+    return argv
 
 
 def _which(program: str, env: Any, cwd: Any) -> str:
@@ -356,7 +353,7 @@ def _prepare(
     pass_fds: Iterable[int],
     **opts: Any,
 ) -> tuple[list[str], tuple[int, ...], _Plumbing]:
-    command, _ = _argv(args, shell, executable, env, cwd)
+    command = _argv(args, shell, executable, env, cwd)
     options = _pmrun_options(**opts)
     plumbing = _Plumbing()
     launcher = [sys.executable, "-m", "pmrun", *plumbing.launcher_args(), *options, "--", *command]
