@@ -187,6 +187,14 @@ def test_a_parent_without_stdin_gets_its_report_and_the_command_no_extra_stdin()
     assert out.stdout == "exit\n", out.stderr
 
 
+def test_pmruns_own_error_is_125_without_report_and_pid_is_the_launchers() -> None:
+    agent = pmrun.launch(["true"], backend="bogus", stderr=subprocess.PIPE, text=True, **NOC)
+    _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 125 and agent.report is None
+    assert agent.pid == agent.launcher_pid
+    assert err.count("\n") == 1 and err.startswith("pmrun:")
+
+
 def test_context_manager_closes_and_waits() -> None:
     with pmrun.launch(["sh", "-c", "echo hi"], stdout=subprocess.PIPE, text=True, **NOC) as agent:
         assert agent.stdout is not None and agent.stdout.read() == "hi\n"
@@ -221,7 +229,12 @@ def test_asyncio_exec_and_shell() -> None:
         sleeper.kill()
         assert await sleeper.wait() == -signal.SIGKILL and not pid_alive(pid)
 
+    before = _fds()
     asyncio.run(main())
+    import gc
+
+    gc.collect()
+    assert _fds() <= before | {max(before)}
 
 
 def test_async_and_sync_agree_with_asyncio_on_errors() -> None:
