@@ -267,8 +267,14 @@ def test_a_shim_whose_python_is_gone_still_runs_the_program(world: dict[str, Pat
 
 
 def _real_claude() -> str | None:
-    for candidate in (shutil.which("claude"), "/tmp/subproc_claude/bin/claude"):
-        if candidate and os.path.exists(candidate) and not shim.is_shim(Path(candidate)):
+    """Claude Code's `claude` on PATH or in npm's global prefix (not one of our shims)."""
+    candidates = [shutil.which("claude")]
+    npm = shutil.which("npm")
+    if npm is not None:
+        prefix = subprocess.run([npm, "prefix", "-g"], capture_output=True, text=True, timeout=60)
+        candidates.append(os.path.join(prefix.stdout.strip(), "bin", "claude"))
+    for candidate in candidates:
+        if candidate and os.path.exists(candidate) and not shim.is_shim(candidate):
             return candidate
     return None
 
