@@ -147,6 +147,30 @@ def test_a_copied_shim_further_down_is_refused_not_looped(
     assert r.returncode == 0 and r.stdout.count("agent=claude.") == 1
 
 
+def test_the_terminal_is_the_programs(world: dict[str, Path]) -> None:
+    assert pmrun_shim("install", "claude").returncode == 0
+    main, child = os.openpty()
+    try:
+        p = subprocess.run(["claude", "x"], stdin=child, stdout=child, stderr=child, timeout=60)
+        os.close(child)
+        child = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(main)
+        if child >= 0:
+            os.close(child)
+    assert p.returncode == 0
+    assert b"stdin=tty" in out and b"arg=x" in out
+
+
 def test_signals_reach_the_program(world: dict[str, Path]) -> None:
     assert pmrun_shim("install", "claude").returncode == 0
     go = world["tmp"] / "go"
