@@ -111,8 +111,12 @@ def _check_example(line: str) -> None:
         ctx = click.Context(cli)
         if words and words[0] in COMMANDS:
             command = cli.get_command(ctx, words[0])
-            known = _option_names(command)
             words = words[1:]
+            while isinstance(command, click.Group) and words and words[0] in command.commands:
+                command, words = command.commands[words[0]], words[1:]  # e.g. pmrun shim install
+            known = _option_names(command)
+            if any(getattr(p, "type", None) is click.UNPROCESSED for p in command.params):
+                known |= set(BY_FLAG)  # passes launcher options on (pmrun shim install)
         else:
             known = set(BY_FLAG)
             words = words[: words.index("--")] if "--" in words else words

@@ -2,7 +2,9 @@
 
 The public API, imported lazily so that ``pmrun -- cmd`` pays only for what it uses:
 
-- :func:`launch` runs a command under pmrun's limits (what ``pmrun -- cmd`` does).
+- :func:`launch` runs a command under pmrun's limits (what ``pmrun -- cmd`` does), as
+  ``subprocess.Popen`` would; :func:`run`, :func:`create_subprocess_exec` and
+  :func:`create_subprocess_shell` stand in for ``subprocess.run`` and asyncio's.
 - :class:`SharedPromptCache` is the memory-capped prompt cache.
 - :func:`register_cleanup` lets a service free memory when the coordinator asks.
 - :func:`parse_size` turns ``"1.5G"`` into bytes.
@@ -12,12 +14,27 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not `from typing import`: every agent start imports this module
 
-__all__ = ["launch", "Agent", "SharedPromptCache", "register_cleanup", "parse_size", "PmrunError"]
+__all__ = [
+    "launch",
+    "run",
+    "create_subprocess_exec",
+    "create_subprocess_shell",
+    "Agent",
+    "AsyncAgent",
+    "SharedPromptCache",
+    "register_cleanup",
+    "parse_size",
+    "PmrunError",
+]
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "launch": "pmrun.api",
+    "run": "pmrun.api",
+    "create_subprocess_exec": "pmrun.api",
+    "create_subprocess_shell": "pmrun.api",
     "Agent": "pmrun.api",
+    "AsyncAgent": "pmrun.api",
     "SharedPromptCache": "pmrun.cache",
     "register_cleanup": "pmrun.client",
     "parse_size": "pmrun.sizes",
@@ -25,7 +42,14 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import Agent, launch
+    from .api import (
+        Agent,
+        AsyncAgent,
+        create_subprocess_exec,
+        create_subprocess_shell,
+        launch,
+        run,
+    )
     from .cache import SharedPromptCache
     from .client import register_cleanup
     from .errors import PmrunError

@@ -424,6 +424,8 @@ def _parse_value(setting: Setting, raw: Any, where: str) -> Any:
 def _file_values(path: Path, tables: Mapping[str, Any], label: str) -> dict[str, Value]:
     out: dict[str, Value] = {}
     for section, table in tables.items():
+        if section == "shim":
+            continue  # [shim.NAME]: per-program limits, read by pmrun.shim
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         for key, raw in table.items():

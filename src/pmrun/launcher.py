@@ -59,6 +59,7 @@ class LaunchSettings:
         "record_path",
         "trace_heap",
         "quiet",
+        "pid_fd",
     )
 
     def __init__(
@@ -73,6 +74,7 @@ class LaunchSettings:
         record_path: str | None = None,  # --record FILE
         trace_heap: bool = False,  # set PMRUN_TRACEMALLOC=1 for Python services in the agent
         quiet: bool = False,  # no warning line on stderr (the report still records it)
+        pid_fd: int | None = None,  # --pid-fd N: the command's pid is written there once it runs
     ) -> None:
         self.limits = limits
         self.name = name
@@ -84,6 +86,7 @@ class LaunchSettings:
         self.record_path = record_path
         self.trace_heap = trace_heap
         self.quiet = quiet
+        self.pid_fd = pid_fd
 
 
 def agent_name(argv: list[str]) -> str:
@@ -309,6 +312,8 @@ class Launcher:
         except (OSError, AttributeError):  # pragma: no cover - kernels before 5.3
             self._pidfd = None
         self._pid_known.release()
+        if self.settings.pid_fd is not None:
+            _tell_pid(self.settings.pid_fd, self._pid)
         backend.keeper_pid = self._keeper.pid
         backend.started(self._pid)
         if type(backend).wakeup_fd is not Backend.wakeup_fd:
@@ -558,6 +563,16 @@ class Launcher:
         if reason == "signal":
             return f"{name} (pid {self._pid}) was killed by signal {os.WTERMSIG(status)}"
         return f"{name} (pid {self._pid}) exited with status {os.WEXITSTATUS(status)}"
+
+
+def _tell_pid(fd: int, pid: int) -> None:
+    """``--pid-fd``: tell whoever started pmrun (``pmrun.launch``) the command's pid."""
+    try:
+        os.write(fd, b"%d\n" % pid)
+    except OSError:
+        pass  # the reader is gone: nobody to tell
+    finally:
+        os.close(fd)
 
 
 def _name(pid: int) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import time
 
 TYPE_CHECKING = False  # not `from typing import`: the launch path avoids importing typing
 if TYPE_CHECKING:
@@ -129,13 +132,165 @@ class ExitReport:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def write_report(report: ExitReport, path: str) -> None:
-    """Write ``report`` to ``path`` (``-`` for stderr) atomically."""
-    text = report.to_json() + "\n"
-    if path == "-":
-        os.write(2, text.encode())
+# Where a magic /proc link names an open file (``/dev/fd/N``, ``/dev/stdout``): its text is
+# "pipe:[123]", not a path, so it can only be opened by following it.
+_FD_DIRS = ("/proc/self/fd", "/proc/thread-self/fd")
+_MAX_HOPS = 40  # the kernel's own limit on symlinks in one lookup
+
+
+def _fd_dir(directory: str) -> bool:
+    real = os.path.realpath(directory)
+    if real in _FD_DIRS:
+        return True
+    parts = real.split("/")  # /proc/PID/fd or /proc/PID/task/TID/fd
+    return (
+        len(parts) in (4, 6)
+        and parts[1] == "proc"
+        and parts[2].isdigit()
+        and parts[-1] == "fd"
+        and (len(parts) == 4 or parts[3] == "task")
+    )
+
+
+def _may_follow(link: str, st_link: os.stat_result, uid: int) -> str | None:
+    """Why ``link`` must not be followed, or None; like the kernel's ``fs.protected_symlinks``.
+
+    The kernel follows a link in a sticky world-writable directory (``/tmp``) only if the
+    follower or the directory's owner owns it. pmrun is stricter, because its report may be
+    written as root: the link must also belong to us or to root, wherever it is.
+    """
+    directory = os.path.dirname(link) or "."
+    st_dir = os.stat(directory)
+    owner = st_link.st_uid
+    if owner not in (uid, 0):
+        return f"refusing to follow symlink {link}: it belongs to uid {owner}, not to uid {uid}"
+    sticky_ww = st_dir.st_mode & stat.S_ISVTX and st_dir.st_mode & stat.S_IWOTH
+    if sticky_ww and owner not in (uid, st_dir.st_uid):
+        return (
+            f"refusing to follow symlink {link}: it belongs to uid {owner} in the sticky"
+            f" world-writable {directory} of uid {st_dir.st_uid}"
+        )
+    return None
+
+
+def _resolve(path: str) -> tuple[str, bool]:
+    """Follow ``path``'s final symlinks one hop at a time, checking each.
+
+    Returns the path to open and whether it must be opened following a magic fd link.
+    Directories along the way are resolved by the kernel as usual.
+    """
+    uid = os.geteuid()
+    for _ in range(_MAX_HOPS):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return path, False  # created (O_NOFOLLOW: a link planted now fails, never followed)
+        if not stat.S_ISLNK(st.st_mode):
+            return path, False
+        why = _may_follow(path, st, uid)
+        if why is not None:
+            raise PermissionError(errno.EPERM, why)
+        directory = os.path.dirname(path) or "."
+        if _fd_dir(directory):
+            return path, True
+        path = os.path.join(directory, os.readlink(path))
+    raise OSError(errno.ELOOP, f"too many levels of symbolic links in {path}")
+
+
+def _own_fd(link: str) -> int | None:
+    """The fd number if ``link`` is one of this process's own ``/proc/.../fd/N``."""
+    directory, _, name = link.rpartition("/")
+    real = os.path.realpath(directory or ".")
+    mine = (f"/proc/{os.getpid()}/fd", f"/proc/{os.getpid()}/task/{_thread_id()}/fd")
+    return int(name) if name.isdigit() and real in mine else None
+
+
+def _thread_id() -> int:
+    return os.gettid() if hasattr(os, "gettid") else os.getpid()
+
+
+def _open_through(path: str, reader_wait_s: float) -> int:
+    """Open ``path`` for writing without replacing it; wait a while for a FIFO's reader.
+
+    One of our own fds (``/dev/stdout``, ``/dev/fd/N``) is duplicated, not reopened: the
+    report goes after what the command wrote there, as ``cmd; cat report >&N`` would put it,
+    instead of truncating (or overwriting from offset 0) a file the command writes too.
+    """
+    target, magic = _resolve(path)
+    if magic:
+        fd = _own_fd(target)
+        if fd is not None:
+            return os.dup(fd)
+        return os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+    deadline = time.monotonic() + reader_wait_s
+    while True:
+        try:
+            return os.open(target, flags, 0o600)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: a FIFO nobody has open for reading (yet)
+                raise
+            if time.monotonic() >= deadline:
+                raise OSError(errno.ENXIO, f"no reader on FIFO {path}") from None
+            time.sleep(0.05)
+
+
+def _write_all(fd: int, data: bytes, stall_s: float) -> None:
+    """Write all of ``data`` to ``fd``; give up when the reader takes nothing for ``stall_s``.
+
+    The fd may be blocking and shared with the command (its stdout), so it is never made
+    non-blocking: each write waits for room first and is at most PIPE_BUF long, which a
+    pipe with room takes without blocking.
+    """
+    import select
+
+    view = memoryview(data)
+    while view:
+        if not select.select([], [fd], [], stall_s)[1]:
+            raise OSError(errno.ETIMEDOUT, f"the reader took nothing for {stall_s:g} s")
+        try:
+            n = os.write(fd, view[: select.PIPE_BUF])
+        except BlockingIOError:
+            continue
+        view = view[n:]
+
+
+def private_fd(path: str | None) -> None:
+    """Keep a ``--report /dev/fd/N`` (N > 2) from the command: the fd is pmrun's to write.
+
+    Without this the command would inherit it, and a ``>(jq .)`` reader would wait for every
+    descendant to close it.
+    """
+    if not path:
         return
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    for prefix in ("/dev/fd/", "/proc/self/fd/"):
+        rest = path[len(prefix) :] if path.startswith(prefix) else ""
+        if rest.isdigit() and int(rest) > 2:
+            try:
+                os.set_inheritable(int(rest), False)
+            except OSError:
+                pass  # not open: writing the report will say so
+
+
+def write_report(
+    report: ExitReport, path: str, *, reader_wait_s: float = 30.0, stall_s: float = 30.0
+) -> None:
+    """Write ``report`` to ``path`` (``-`` for stderr), through the path, never replacing it.
+
+    A FIFO, ``/dev/fd/N`` (``>(jq .)``), ``/dev/stdout`` and a symlink of ours are written
+    through; a new file is created 0600. Every failure is an :class:`OSError` whose
+    ``strerror`` is one line for the user; nothing waits forever (``reader_wait_s`` for a
+    FIFO's reader to appear, ``stall_s`` for a reader that stops reading).
+    """
+    data = (report.to_json() + "\n").encode()
+    if path == "-":
+        _write_all(2, data, stall_s)
+        return
+    try:
+        fd = _open_through(path, reader_wait_s)
+    except ValueError as e:  # a NUL in the path
+        raise OSError(errno.EINVAL, str(e)) from None
+    try:
+        _write_all(fd, data, stall_s)
+    finally:
+        os.close(fd)

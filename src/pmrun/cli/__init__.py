@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "config": "pmrun.cli.project:config_command",
     "gc": "pmrun.cli.cgroup:gc_command",
     "completion": "pmrun.cli.completion:completion_command",
+    "shim": "pmrun.cli.shim:shim_command",
 }
 
 # Click's completion scripts call `pmrun` with this variable set (and no arguments).

@@ -66,7 +66,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--trace-heap", None, None, "start tracemalloc in Python services (for `pmrun heap`)"),
     Option("--quiet", None, None, "no warning line on stderr (the report still has it)"),
 )
-BY_FLAG = {o.flag: o for o in OPTIONS}
+# Not in --help: for pmrun.launch, which reads the command's pid from the fd it passes.
+HIDDEN = (Option("--pid-fd", None, "N", "write the command's pid to fd N once it runs"),)
+BY_FLAG = {o.flag: o for o in (*OPTIONS, *HIDDEN)}
 
 
 class Parsed:
@@ -129,7 +131,7 @@ def build_settings(parsed: Parsed):
     """Resolve flags against environment and config files into launcher settings."""
     from .. import config
     from ..launcher import LaunchSettings
-    from ..report import Limits
+    from ..report import Limits, private_fd
 
     cfg = config.load(parsed.flags)
     max_rss, warn_rss = cfg["agent.max-rss"], cfg["agent.warn-rss"]
@@ -144,6 +146,7 @@ def build_settings(parsed: Parsed):
         grace_s=cfg["agent.grace"],
     )
     x = parsed.extra
+    private_fd(str(x["report"]) if "report" in x else None)
     return LaunchSettings(
         limits=limits,
         name=str(x.get("name", "")),
@@ -155,7 +158,24 @@ def build_settings(parsed: Parsed):
         record_path=str(x["record"]) if "record" in x else None,
         trace_heap=bool(x.get("trace-heap", False)),
         quiet=bool(x.get("quiet", False)),
+        pid_fd=_pid_fd(x.get("pid-fd")),
     )
+
+
+def _pid_fd(raw: object) -> int | None:
+    """``--pid-fd N``: an fd of pmrun's alone, so the command does not inherit it."""
+    from ..errors import UsageError
+
+    if raw is None:
+        return None
+    if not str(raw).isdigit():
+        raise UsageError(f"--pid-fd needs an open file descriptor number, not {raw!r}")
+    fd = int(str(raw))
+    try:
+        os.set_inheritable(fd, False)
+    except OSError as e:
+        raise UsageError(f"--pid-fd {fd}: {e.strerror}") from None
+    return fd
 
 
 def _fail(message: str, code: int) -> int:
