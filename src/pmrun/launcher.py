@@ -552,8 +552,9 @@ class Launcher:
             return f"{name} (pid {self._pid}) was killed by the kernel's OOM killer (its cgroup limit); peak {format_size(peak)}{big}"
         if reason == "max-as":
             return (
-                f"{name} (pid {self._pid}) failed with its address space near --max-as {format_size(lim.max_as)}:"
-                " likely a failed mapping (ENOMEM); raise --max-as or set it to off"
+                f"{name} (pid {self._pid}) failed under --max-as {format_size(lim.max_as)}:"
+                " likely a failed mapping (ENOMEM; sanitizers, Bun and the JVM reserve more"
+                " than they use); raise --max-as or set it to off"
             )
         if reason == "signal":
             return f"{name} (pid {self._pid}) was killed by signal {os.WTERMSIG(status)}"
