@@ -94,7 +94,7 @@ def test_plot_of_a_killed_run_has_every_line_limit_and_marker(
     assert [m.t for m in summary.markers] == sorted(m.t for m in summary.markers)
     assert "stop (max-rss)" in next(m.label for m in summary.markers if m.kind == "stop")
     assert summary.title.splitlines()[-1].startswith(
-        "stopped by pmrun: tree RSS passed --max-rss (exit 137"
+        "stopped by pmrun: memory passed --max-rss (exit 137"
     )
     assert summary.samples == len(rec.times) > 5
     kinds = {json.loads(line)["type"] for line in killed_recording.read_text().splitlines()}

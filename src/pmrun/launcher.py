@@ -365,6 +365,7 @@ class Launcher:
         stop: dict[str, Any] | None = None
         oom_before = backend.kernel_oom_kills()
         usage_at_peak: int | None = None
+        started = time.monotonic()
         while self._child_status is None:
             s = backend.sample()
             samples += 1
@@ -386,7 +387,8 @@ class Launcher:
             if crossing == policy.Crossing.WARN:
                 warned_at = time.time()
                 msg = (
-                    f"warning: {self.settings.name} (pid {self._pid}) tree RSS {format_size(s.rss_bytes)}"
+                    f"warning: {self.settings.name} (pid {self._pid}) memory ({backend.counted})"
+                    f" {format_size(s.rss_bytes)}"
                     f" passed --warn-rss {format_size(lim.warn_rss)} (stop at {format_size(lim.max_rss)})"
                 )
                 if not self.settings.quiet:
@@ -406,6 +408,9 @@ class Launcher:
                 stop = {"rss": s.rss_bytes, "oom_kills": _oom_detail(backend)}
                 break
             interval = policy.next_interval_s(s.rss_bytes, lim.max_rss, growth)
+            # Young trees are sampled at a quarter of their age (1 ms, 2 ms, ... up to the
+            # interval above): a short command's peak is seen, at ~25 samples in all.
+            interval = min(interval, max(policy.MIN_INTERVAL_S, (now - started) / 4))
             if lim.max_as is not None and s.processes:
                 # Watch the address space near --max-as too, so that a failure there
                 # can be told from any other crash (it is per process, like RLIMIT_AS).
@@ -538,7 +543,8 @@ class Launcher:
         )
         if reason == "max-rss":
             return (
-                f"stopped {name} (pid {self._pid}): tree RSS passed --max-rss {format_size(lim.max_rss)};"
+                f"stopped {name} (pid {self._pid}): memory ({_procfs.COUNTED}) passed --max-rss"
+                f" {format_size(lim.max_rss)};"
                 f" peak {format_size(peak)}{big}"
             )
         if reason in ("pool", "system-pressure"):
