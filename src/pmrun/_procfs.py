@@ -28,17 +28,36 @@ class ProcessGone(Exception):
     """The process exited (or its pid is no longer readable) while we looked at it."""
 
 
+_EMFILE, _ENFILE, _ESRCH = 24, 23, 3
+_readers: list[TreeReader] = []  # every open reader: one that is short of fds asks them all
+
+
+def _relieve() -> None:
+    """Out of fds: every reader closes half of the files it keeps open."""
+    for reader in _readers:
+        reader.shrink(reader.open_files() // 2)
+
+
 def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except (FileNotFoundError, ProcessLookupError) as e:
-        raise ProcessGone(path) from e
-    except OSError as e:
-        # ESRCH on a task that died mid-read; EACCES is not "gone" and propagates.
-        if e.errno == 3:
+    for attempt in (0, 1):
+        try:
+            with open(path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except (FileNotFoundError, ProcessLookupError) as e:
             raise ProcessGone(path) from e
-        raise
+        except OSError as e:
+            # ESRCH on a task that died mid-read; EACCES is not "gone" and propagates.
+            if e.errno == _ESRCH:
+                raise ProcessGone(path) from e
+            if e.errno in (_EMFILE, _ENFILE):
+                # Out of fds: free some and try once more; then the file is unreadable
+                # this time, like a process that is gone: skipped, never an error.
+                if attempt == 0:
+                    _relieve()
+                    continue
+                raise ProcessGone(path) from e
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def statm(pid: int, proc: str = PROC) -> tuple[int, int]:
@@ -112,6 +131,10 @@ def _tids(pid: int, proc: str) -> list[str]:
         return os.listdir(f"{proc}/{pid}/task")
     except (FileNotFoundError, ProcessLookupError) as e:
         raise ProcessGone(pid) from e
+    except OSError as e:
+        if e.errno in (_EMFILE, _ENFILE, _ESRCH):
+            raise ProcessGone(pid) from e  # out of fds: unreadable this time
+        raise
 
 
 def _children_of(
@@ -279,35 +302,77 @@ class TreeReader:
     20-process tree (benchmarks/bench_launcher.py). An open /proc file also stays
     bound to its process: once that process is gone, reads fail rather than return
     a recycled pid's figures.
+
+    The files kept open are capped (``max_open``; by default a quarter of the soft
+    RLIMIT_NOFILE, at most :data:`MAX_OPEN_FILES`): a wider tree's other files are
+    opened, read and closed each time, so a tree of any width never runs the
+    launcher out of fds. Out of fds anyway, a reader gives back half of what it
+    holds and tries again; a file it still cannot open is skipped this time.
     """
+
+    MAX_OPEN_FILES = 256
 
     # A multi-threaded process's thread list is listed again when its thread count
     # changes, and at least this often (a thread that exits while another starts
     # leaves the count unchanged; children of the new one are then found this late).
     TIDS_MAX_AGE_S = 1.0
 
-    def __init__(self, proc: str = PROC) -> None:
+    def __init__(self, proc: str = PROC, *, max_open: int | None = None) -> None:
         self._proc = proc
         self._fds: dict[str, int] = {}
         self._fast = has_children_files(proc)
         self._tids: dict[int, tuple[int, float, list[str]]] = {}  # pid -> (threads, when, tids)
+        if max_open is None:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            soft = self.MAX_OPEN_FILES * 4 if soft == resource.RLIM_INFINITY else soft
+            max_open = max(8, min(self.MAX_OPEN_FILES, soft // 4))
+        self.max_open = max_open
+        _readers.append(self)
+
+    def _open(self, path: str) -> int:
+        for attempt in (0, 1):
+            try:
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, ProcessLookupError) as e:
+                raise ProcessGone(path) from e
+            except OSError as e:
+                if e.errno == _ESRCH:
+                    raise ProcessGone(path) from e
+                if e.errno not in (_EMFILE, _ENFILE):
+                    raise
+                if attempt == 0:
+                    _relieve()
+                    continue
+                raise ProcessGone(path) from e  # still none: skipped this time
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _pread(self, path: str) -> bytes:
         fd = self._fds.get(path)
+        keep = True
         if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except (FileNotFoundError, ProcessLookupError) as e:
-                raise ProcessGone(path) from e
-            self._fds[path] = fd
+            fd = self._open(path)
+            keep = len(self._fds) < self.max_open
+            if keep:
+                self._fds[path] = fd
         try:
             data = os.pread(fd, 4096, 0)
         except OSError as e:
-            self._drop(path)
-            if e.errno == 3:  # ESRCH: the process is gone
+            if keep:
+                self._drop(path)
+            if e.errno == _ESRCH:  # the process is gone
                 raise ProcessGone(path) from e
             raise
+        finally:
+            if not keep:
+                os.close(fd)
         return data
+
+    def shrink(self, count: int) -> None:
+        """Close ``count`` of the files kept open (the oldest first)."""
+        for path in list(self._fds)[:count]:
+            self._drop(path)
 
     def _drop(self, path: str) -> None:
         fd = self._fds.pop(path, None)
@@ -366,8 +431,8 @@ class TreeReader:
                     else:
                         tids = os.listdir(f"{self._proc}/{pid}/task")
                         self._tids[pid] = (threads, now, tids)
-            except (ProcessGone, FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-                continue
+            except (ProcessGone, OSError, IndexError, ValueError):
+                continue  # gone, or unreadable this time (out of fds): skipped, not fatal
             kids = _children_of(pid, tids, self._proc, self._pread)
             stack.extend(reversed(kids))
         return out
@@ -392,3 +457,5 @@ class TreeReader:
     def close(self) -> None:
         for path in list(self._fds):
             self._drop(path)
+        if self in _readers:
+            _readers.remove(self)

@@ -267,6 +267,9 @@ class Launcher:
 
     def run(self) -> int:
         lim = self.limits
+        from ._spawn import raise_nofile_limit
+
+        raise_nofile_limit()  # a wide tree needs fds; the command gets its own limit back
         socket_path = self._coordinator_socket()
         backend = select(
             self.settings.backend,
