@@ -96,6 +96,16 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.unlink()
 
 
+def _same_measure(process_bytes: int, tree_bytes: int) -> bool:
+    """A process's figure is within its tree's, up to the kernel's counter lag.
+
+    The cgroup's statistics and a process's RSS counters are kept per CPU and folded
+    in batches, read a moment apart: they may differ by a few hundred KiB. Counted in
+    different measures they differ by the binary's file pages (tens of MiB).
+    """
+    return process_bytes <= tree_bytes + (2 << 20)
+
+
 def _run(run_pmrun, tmp_path: Path, backend: str, max_rss: str, *cmd: str) -> tuple:
     report = tmp_path / "r.json"
     r = run_pmrun(
@@ -115,7 +125,7 @@ def test_a_read_only_mapped_file_is_not_the_agents_memory(
     assert data["reason"] == "exit"
     assert data["peak_rss_bytes"] < 128 << 20
     # The biggest process is named in the same measure as the tree.
-    assert data["biggest_at_peak"]["rss_bytes"] <= data["peak_rss_bytes"], data
+    assert _same_measure(data["biggest_at_peak"]["rss_bytes"], data["peak_rss_bytes"]), data
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -145,7 +155,7 @@ def test_anonymous_memory_past_the_limit_is_stopped(
     assert data["reason"] == "max-rss"
     assert "anon+shmem+swap" in r.stderr
     big = data["biggest_at_peak"]
-    assert big is not None and big["rss_bytes"] <= data["peak_rss_bytes"], data
+    assert big is not None and _same_measure(big["rss_bytes"], data["peak_rss_bytes"]), data
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
