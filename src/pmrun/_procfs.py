@@ -115,6 +115,12 @@ def counted_pss(pid: int, proc: str = PROC) -> int | None:
     return r["Pss_Anon"] + r.get("Pss_Shmem", 0) + r.get("SwapPss", 0)
 
 
+def memory(pid: int, proc: str = PROC) -> tuple[int, int]:
+    """(virtual size, counted memory: anon + shmem + swap) of ``pid`` in bytes."""
+    _, _, vsz, counted = _status_memory(pid, _read(f"{proc}/{pid}/status").encode())
+    return vsz, counted
+
+
 def has_children_files(proc: str = PROC) -> bool:
     """Whether the kernel has CONFIG_PROC_CHILDREN (``/proc/PID/task/TID/children``)."""
     pid = os.getpid()
