@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,20 +83,19 @@ print("not stopped")
 
 
 @pytest.fixture(scope="module")
-def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 256 MiB file on a real disk (tmpfs pages would be shared memory, counted)."""
     d = tmp_path_factory.mktemp("mmap")
     fs = subprocess.run(["stat", "-f", "-c", "%T", str(d)], capture_output=True, text=True)
-    if "tmpfs" in fs.stdout:
-        d = Path(os.environ.get("PMRUN_TEST_DISK_DIR", REPO / ".venv")) / f"mmap-{os.getpid()}"
-        d.mkdir(exist_ok=True)
+    if "tmpfs" in fs.stdout:  # the repo's .venv is on the disk the checkout is on
+        d = Path(tempfile.mkdtemp(prefix="mmap-", dir=REPO / ".venv"))
     path = d / "big.bin"
     with open(path, "wb") as f:
         block = os.urandom(1 << 20)
         for _ in range(256):
             f.write(block)
     yield path
-    path.unlink()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def _same_measure(process_bytes: int, tree_bytes: int) -> bool:
