@@ -189,3 +189,28 @@ def test_status_counts_anon_shmem_and_swap(tmp_path: Path) -> None:
     reader.close()
     with pytest.raises(_procfs.ProcessGone):
         _procfs.TreeReader(str(proc)).memory(42)
+
+
+def _procs(*figures: tuple[int, int]) -> tuple:
+    from pmrun.backends.base import ProcSample
+
+    return tuple(ProcSample(pid, own, 0) for pid, own in figures)
+
+
+def test_between_passes_a_process_counts_its_share_plus_its_growth() -> None:
+    from pmrun.backends.sampling import SamplingBackend
+
+    b = SamplingBackend("test")
+    # No pass yet: every process counts as its own figure (an upper bound).
+    assert b._tree_bytes(_procs((1, 100), (2, 100))) == 200
+    # A pass found the two share 100 (50 each); growth since is counted in full...
+    b._pss = {1: (100, 50), 2: (100, 50)}
+    assert b._tree_bytes(_procs((1, 100), (2, 100))) == 100
+    assert b._tree_bytes(_procs((1, 130), (2, 100))) == 130
+    # ...a newcomer counts as its own figure, and a shrinking process never above it.
+    assert b._tree_bytes(_procs((1, 100), (2, 100), (3, 40))) == 140
+    assert b._tree_bytes(_procs((1, 30), (2, 100))) == 100  # min(30, 50) + 50 = 80 < 100
+    # A sharer gone: the other's old share would be too small; its own figure is the floor.
+    assert b._tree_bytes(_procs((1, 100))) == 100
+    assert b._tree_bytes(_procs((1, 100), (3, 1))) == 100
+    assert b._tree_bytes(()) == 0
