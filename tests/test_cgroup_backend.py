@@ -753,7 +753,11 @@ def test_pmrun_sigkilled_with_its_keeper_leaves_an_orphan_the_next_pmrun_cleans(
 def test_pmrun_sampling_backend_says_so() -> None:
     r, rep = run_pmrun("--backend", "sampling", "--", "true")
     assert r.returncode == 0, r.stderr
-    assert rep["backend"] == {"name": "sampling", "reason": "--backend sampling"}
+    assert rep["backend"] == {
+        "name": "sampling",
+        "reason": "--backend sampling",
+        "counted": "anon+shmem+swap",
+    }
 
 
 def test_pmrun_auto_as_nobody_falls_back_to_sampling_and_says_why(tmp_path: Path) -> None:

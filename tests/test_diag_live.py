@@ -133,9 +133,8 @@ def wait_agent(sock: str, name: str, *, rss_at_least: int = 0, services: int = 0
 def measured_rss(launcher_pid: int, *, anon_only: bool = False) -> int:
     """What the agent's processes hold now, read from /proc.
 
-    ``anon_only``: anonymous + shared memory (RssAnon + RssShmem), what the cgroup
-    backend counts; otherwise the whole RSS (file-backed pages included), what
-    sampling counts.
+    ``anon_only``: anonymous + shared memory (RssAnon + RssShmem), what every backend
+    counts; otherwise the whole RSS (file-backed pages included).
     """
     total = 0
     for pid in agent_pids(launcher_pid):
@@ -166,7 +165,7 @@ def test_status_events_and_metrics_match_what_the_agents_hold(coordinator: str, 
     a2 = wait_agent(sock, "a2", rss_at_least=120 * MIB, services=1)
 
     def within_tolerance(a: dict) -> tuple[bool, int]:  # type: ignore[type-arg]
-        held = measured_rss(a["pid"], anon_only=a["backend"]["name"].startswith("cgroup"))
+        held = measured_rss(a["pid"], anon_only=True)
         return abs(a["rss_bytes"] - held) <= max(0.10 * held, 8 * MIB), held
 
     # The launcher's figure is a sample sent on a meaningful change or at the 1 s

@@ -94,7 +94,7 @@ def test_plot_of_a_killed_run_has_every_line_limit_and_marker(
     assert [m.t for m in summary.markers] == sorted(m.t for m in summary.markers)
     assert "stop (max-rss)" in next(m.label for m in summary.markers if m.kind == "stop")
     assert summary.title.splitlines()[-1].startswith(
-        "stopped by pmrun: tree RSS passed --max-rss (exit 137"
+        "stopped by pmrun: memory passed --max-rss (exit 137"
     )
     assert summary.samples == len(rec.times) > 5
     kinds = {json.loads(line)["type"] for line in killed_recording.read_text().splitlines()}
@@ -238,3 +238,18 @@ def test_plot_refuses_an_image_format_it_does_not_know(tmp_path: Path) -> None:
     r = CliRunner().invoke(plot_command, [str(rec), "-o", str(tmp_path / "out.xyz")])
     assert r.exit_code == 2
     assert r.stderr.startswith("pmrun: error: cannot write") and "xyz" in r.stderr
+
+
+def test_a_process_is_named_by_its_latest_name(tmp_path: Path) -> None:
+    """A process that execs (a pyenv shim: bash, then python) is named by what it became."""
+    rec_path = tmp_path / "exec.rec"
+    r = subprocess.run(
+        [PMRUN, "--no-coordinator", "--record", str(rec_path), "--",
+         "sh", "-c", f"sleep 1.5; exec {PYTHON} -c 'import time; time.sleep(3)'"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rec = read_recording(str(rec_path))
+    pid = json.loads(rec_path.read_text().splitlines()[0])["pid"]
+    summary = plot_recording(rec, str(tmp_path / "p.png"))
+    assert f"{pid} python" in summary.lines, summary.lines

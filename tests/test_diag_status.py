@@ -145,7 +145,7 @@ def test_render_shows_header_summary_and_table() -> None:
     assert header.split() == [
         "NAME",
         "PID",
-        "RSS",
+        "MEMORY",
         "PEAK",
         "WARN",
         "MAX",

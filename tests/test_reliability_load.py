@@ -103,12 +103,12 @@ def launcher_argv(socket_path: str, name: str, mb: int, *extra: str) -> list[str
 
 
 def tree_rss(root: int) -> int:
-    """RSS of ``root`` and its descendants, read here from /proc (as the launcher reads it)."""
+    """Memory (anon+shmem+swap) of ``root`` and its descendants, read here from /proc."""
     total = 0
     with contextlib.suppress(_procfs.ProcessGone):
         for pid in _procfs.descendants([root]):
             with contextlib.suppress(_procfs.ProcessGone):
-                total += _procfs.statm(pid)[1]
+                total += _procfs.memory(pid)[1]
     return total
 
 

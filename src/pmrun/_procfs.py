@@ -1,9 +1,13 @@
 """The only module that reads /proc. Every size it returns is in bytes.
 
-Reads are the cheapest the kernel offers: ``statm`` for RSS (two integers, no parsing
-of ``status``), ``task/<tid>/children`` for the tree (no scan of all of /proc). A
-process that vanishes between two reads is normal and surfaces as :class:`ProcessGone`.
-The root is overridable (``proc=``) so parsing can be tested on a fake tree.
+An agent's memory is counted as the cgroup backend's kernel counts it: anonymous memory,
+shared memory (shmem, tmpfs, memfd) and swap (:data:`COUNTED`), from ``/proc/PID/status``
+(RssAnon + RssShmem + VmSwap). File-backed pages (the program's own binary, a read-only
+mapping of a big file) are left out: the kernel drops them under pressure instead of failing
+an allocation. ``statm`` cannot tell shmem from file pages, ``stat`` gives only the total RSS.
+The tree is found through ``task/<tid>/children`` (no scan of all of /proc). A process that
+vanishes between two reads is normal and surfaces as :class:`ProcessGone`. The root is
+overridable (``proc=``) so parsing can be tested on a fake tree.
 """
 
 from __future__ import annotations
@@ -17,23 +21,43 @@ if TYPE_CHECKING:
 
 PROC = "/proc"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+COUNTED = "anon+shmem+swap"  # what every backend counts, as reports and messages name it
 
 
 class ProcessGone(Exception):
     """The process exited (or its pid is no longer readable) while we looked at it."""
 
 
+_EMFILE, _ENFILE, _ESRCH = 24, 23, 3
+_readers: list[TreeReader] = []  # every open reader: one that is short of fds asks them all
+
+
+def _relieve() -> None:
+    """Out of fds: every reader closes half of the files it keeps open."""
+    for reader in _readers:
+        reader.shrink(reader.open_files() // 2)
+
+
 def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except (FileNotFoundError, ProcessLookupError) as e:
-        raise ProcessGone(path) from e
-    except OSError as e:
-        # ESRCH on a task that died mid-read; EACCES is not "gone" and propagates.
-        if e.errno == 3:
+    for attempt in (0, 1):
+        try:
+            with open(path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except (FileNotFoundError, ProcessLookupError) as e:
             raise ProcessGone(path) from e
-        raise
+        except OSError as e:
+            # ESRCH on a task that died mid-read; EACCES is not "gone" and propagates.
+            if e.errno == _ESRCH:
+                raise ProcessGone(path) from e
+            if e.errno in (_EMFILE, _ENFILE):
+                # Out of fds: free some and try once more; then the file is unreadable
+                # this time, like a process that is gone: skipped, never an error.
+                if attempt == 0:
+                    _relieve()
+                    continue
+                raise ProcessGone(path) from e
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def statm(pid: int, proc: str = PROC) -> tuple[int, int]:
@@ -46,6 +70,55 @@ def _statm_sizes(pid: int, fields: list[str] | list[bytes]) -> tuple[int, int]:
     if len(fields) < 2 or (int(fields[0]) == 0 and int(fields[1]) == 0):
         raise ProcessGone(pid)  # a zombie has an empty or all-zero statm
     return int(fields[0]) * PAGE_SIZE, int(fields[1]) * PAGE_SIZE
+
+
+def _status_field(data: bytes, key: bytes) -> int:
+    """The number after ``key`` in a ``status`` text (kB figures stay in kB); 0 if absent."""
+    i = data.find(key)
+    if i < 0:
+        return 0
+    return int(data[i + len(key) : data.find(b"\n", i + 1)].split()[0])
+
+
+def _status_memory(pid: int, data: bytes) -> tuple[bytes, int, int, int]:
+    """(state, threads, virtual size, counted memory) in bytes from ``/proc/PID/status``."""
+    i = data.find(b"\nState:")
+    if i < 0:
+        raise ProcessGone(pid)
+    state = data[i + 7 : i + 16].split()[0]
+    if state in (b"Z", b"X"):
+        raise ProcessGone(pid)  # a zombie has no memory left
+    counted = (
+        _status_field(data, b"\nRssAnon:")
+        + _status_field(data, b"\nRssShmem:")
+        + _status_field(data, b"\nVmSwap:")
+    )
+    return (
+        state,
+        _status_field(data, b"\nThreads:"),
+        _status_field(data, b"\nVmSize:") << 10,
+        counted << 10,
+    )
+
+
+def counted_pss(pid: int, proc: str = PROC) -> int | None:
+    """``pid``'s share of anonymous + shared memory + swap (Pss_Anon + Pss_Shmem + SwapPss).
+
+    Summed over a tree, a page that several processes map (copy-on-write after fork,
+    a shared mapping) counts once, as the kernel's cgroup counts it. Walks the page
+    tables (~100 us for a small process): for occasional use. None where the kernel
+    does not split PSS by kind (before 5.7).
+    """
+    r = smaps_rollup(pid, proc)
+    if "Pss_Anon" not in r:
+        return None
+    return r["Pss_Anon"] + r.get("Pss_Shmem", 0) + r.get("SwapPss", 0)
+
+
+def memory(pid: int, proc: str = PROC) -> tuple[int, int]:
+    """(virtual size, counted memory: anon + shmem + swap) of ``pid`` in bytes."""
+    _, _, vsz, counted = _status_memory(pid, _read(f"{proc}/{pid}/status").encode())
+    return vsz, counted
 
 
 def has_children_files(proc: str = PROC) -> bool:
@@ -64,6 +137,10 @@ def _tids(pid: int, proc: str) -> list[str]:
         return os.listdir(f"{proc}/{pid}/task")
     except (FileNotFoundError, ProcessLookupError) as e:
         raise ProcessGone(pid) from e
+    except OSError as e:
+        if e.errno in (_EMFILE, _ENFILE, _ESRCH):
+            raise ProcessGone(pid) from e  # out of fds: unreadable this time
+        raise
 
 
 def _children_of(
@@ -226,40 +303,82 @@ def uid(pid: int, proc: str = PROC) -> int:
 class TreeReader:
     """Reads one process tree again and again, keeping its /proc files open.
 
-    Re-reading an open ``statm`` or ``children`` file costs one ``pread``; opening
+    Re-reading an open ``status`` or ``children`` file costs one ``pread``; opening
     it each time costs three syscalls and a path walk, about 15 times more for a
     20-process tree (benchmarks/bench_launcher.py). An open /proc file also stays
     bound to its process: once that process is gone, reads fail rather than return
     a recycled pid's figures.
+
+    The files kept open are capped (``max_open``; by default a quarter of the soft
+    RLIMIT_NOFILE, at most :data:`MAX_OPEN_FILES`): a wider tree's other files are
+    opened, read and closed each time, so a tree of any width never runs the
+    launcher out of fds. Out of fds anyway, a reader gives back half of what it
+    holds and tries again; a file it still cannot open is skipped this time.
     """
+
+    MAX_OPEN_FILES = 256
 
     # A multi-threaded process's thread list is listed again when its thread count
     # changes, and at least this often (a thread that exits while another starts
     # leaves the count unchanged; children of the new one are then found this late).
     TIDS_MAX_AGE_S = 1.0
 
-    def __init__(self, proc: str = PROC) -> None:
+    def __init__(self, proc: str = PROC, *, max_open: int | None = None) -> None:
         self._proc = proc
         self._fds: dict[str, int] = {}
         self._fast = has_children_files(proc)
         self._tids: dict[int, tuple[int, float, list[str]]] = {}  # pid -> (threads, when, tids)
+        if max_open is None:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            soft = self.MAX_OPEN_FILES * 4 if soft == resource.RLIM_INFINITY else soft
+            max_open = max(8, min(self.MAX_OPEN_FILES, soft // 4))
+        self.max_open = max_open
+        _readers.append(self)
+
+    def _open(self, path: str) -> int:
+        for attempt in (0, 1):
+            try:
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, ProcessLookupError) as e:
+                raise ProcessGone(path) from e
+            except OSError as e:
+                if e.errno == _ESRCH:
+                    raise ProcessGone(path) from e
+                if e.errno not in (_EMFILE, _ENFILE):
+                    raise
+                if attempt == 0:
+                    _relieve()
+                    continue
+                raise ProcessGone(path) from e  # still none: skipped this time
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _pread(self, path: str) -> bytes:
         fd = self._fds.get(path)
+        keep = True
         if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except (FileNotFoundError, ProcessLookupError) as e:
-                raise ProcessGone(path) from e
-            self._fds[path] = fd
+            fd = self._open(path)
+            keep = len(self._fds) < self.max_open
+            if keep:
+                self._fds[path] = fd
         try:
             data = os.pread(fd, 4096, 0)
         except OSError as e:
-            self._drop(path)
-            if e.errno == 3:  # ESRCH: the process is gone
+            if keep:
+                self._drop(path)
+            if e.errno == _ESRCH:  # the process is gone
                 raise ProcessGone(path) from e
             raise
+        finally:
+            if not keep:
+                os.close(fd)
         return data
+
+    def shrink(self, count: int) -> None:
+        """Close ``count`` of the files kept open (the oldest first)."""
+        for path in list(self._fds)[:count]:
+            self._drop(path)
 
     def _drop(self, path: str) -> None:
         fd = self._fds.pop(path, None)
@@ -270,25 +389,31 @@ class TreeReader:
         """(virtual size, resident size) of ``pid`` in bytes."""
         return _statm_sizes(pid, self._pread(f"{self._proc}/{pid}/statm").split())
 
+    def memory(self, pid: int) -> tuple[int, int]:
+        """(virtual size, counted memory: anon + shmem + swap) of ``pid`` in bytes."""
+        _, _, vsz, counted = _status_memory(pid, self._pread(f"{self._proc}/{pid}/status"))
+        return vsz, counted
+
     def children(self, pid: int) -> list[int]:
         """Like :func:`children`, through the open files."""
         return _children_of(pid, _tids(pid, self._proc), self._proc, self._pread)
 
     def walk(self, roots: list[int]) -> list[tuple[int, int, int]]:
-        """(pid, virtual size, resident size) of ``roots`` and every descendant, zombies left out.
+        """(pid, virtual size, counted memory) of ``roots`` and every descendant, zombies left out.
 
-        One read of ``/proc/PID/stat`` per process gives its sizes and its thread
-        count; the thread list (a directory listing, the costliest part) is read only
-        for multi-threaded processes, and again only when their thread count changes.
+        One read of ``/proc/PID/status`` per process gives its sizes and its thread
+        count (``stat`` costs nearly as much and cannot tell anonymous from file pages);
+        the thread list (a directory listing, the costliest part) is read only for
+        multi-threaded processes, and again only when their thread count changes.
         """
         if not self._fast:
             out = []
             for pid in descendants(roots, self._proc):
                 try:
-                    vsz, rss = statm(pid, self._proc)
+                    vsz, counted = self.memory(pid)
                 except ProcessGone:
                     continue
-                out.append((pid, vsz, rss))
+                out.append((pid, vsz, counted))
             return out
         now = time.monotonic()
         out = []
@@ -300,13 +425,10 @@ class TreeReader:
                 continue
             visited.add(pid)
             try:
-                data = self._pread(f"{self._proc}/{pid}/stat")
-                f = data[data.rfind(b")") + 2 :].split()
-                if f[0] in (b"Z", b"X"):
-                    continue
-                threads = int(f[17])
-                out.append((pid, int(f[20]), int(f[21]) * PAGE_SIZE))
-                if threads == 1:
+                data = self._pread(f"{self._proc}/{pid}/status")
+                _, threads, vsz, counted = _status_memory(pid, data)
+                out.append((pid, vsz, counted))
+                if threads <= 1:
                     tids = [str(pid)]
                 else:
                     cached = self._tids.get(pid)
@@ -315,8 +437,8 @@ class TreeReader:
                     else:
                         tids = os.listdir(f"{self._proc}/{pid}/task")
                         self._tids[pid] = (threads, now, tids)
-            except (ProcessGone, FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-                continue
+            except (ProcessGone, OSError, IndexError, ValueError):
+                continue  # gone, or unreadable this time (out of fds): skipped, not fatal
             kids = _children_of(pid, tids, self._proc, self._pread)
             stack.extend(reversed(kids))
         return out
@@ -341,3 +463,5 @@ class TreeReader:
     def close(self) -> None:
         for path in list(self._fds):
             self._drop(path)
+        if self in _readers:
+            _readers.remove(self)

@@ -41,6 +41,25 @@ def resolve(command: str, path: str | None) -> str:
     raise CommandNotFound(f"{command}: command not found")
 
 
+_nofile_of_command: tuple[int, int] | None = None  # RLIMIT_NOFILE as pmrun was given it
+
+
+def raise_nofile_limit() -> None:
+    """Raise pmrun's own soft RLIMIT_NOFILE to the hard limit; the command gets the original.
+
+    A wide tree needs fds in pmrun (a /proc file or a pidfd per process at times), as
+    systemd raises its own; the command must see the limit it was started with.
+    """
+    global _nofile_of_command
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            _nofile_of_command = (soft, hard)
+        except (OSError, ValueError):  # a best effort: the reader caps its fds anyway
+            pass
+
+
 def spawn(
     argv: list[str],
     env: Mapping[str, str],
@@ -77,6 +96,8 @@ def spawn(
                 prepare()
             if max_as is not None:
                 resource.setrlimit(resource.RLIMIT_AS, (max_as, max_as))
+            if _nofile_of_command is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, _nofile_of_command)
             os.execve(executable, argv, env_list)
         except BaseException as e:  # report any failure, never return into the parent's code
             code = getattr(e, "errno", None) or errno.EINVAL

@@ -152,9 +152,10 @@ SETTINGS: tuple[Setting, ...] = (
         "max-as",
         "agent",
         "PMRUN_MAX_AS",
-        "256G",
+        "off",
         parse_optional_size,
-        "RLIMIT_AS on the command (address space, a backstop; 'off' for none)",
+        "RLIMIT_AS on the command, or 'off' (the default: sanitizers, Bun and the JVM"
+        " reserve more address space than any such limit allows)",
     ),
     Setting(
         "grace",

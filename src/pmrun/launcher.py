@@ -270,6 +270,9 @@ class Launcher:
 
     def run(self) -> int:
         lim = self.limits
+        from ._spawn import raise_nofile_limit
+
+        raise_nofile_limit()  # a wide tree needs fds; the command gets its own limit back
         socket_path = self._coordinator_socket()
         backend = select(
             self.settings.backend,
@@ -370,6 +373,7 @@ class Launcher:
         stop: dict[str, Any] | None = None
         oom_before = backend.kernel_oom_kills()
         usage_at_peak: int | None = None
+        started = time.monotonic()
         while self._child_status is None:
             s = backend.sample()
             samples += 1
@@ -391,7 +395,8 @@ class Launcher:
             if crossing == policy.Crossing.WARN:
                 warned_at = time.time()
                 msg = (
-                    f"warning: {self.settings.name} (pid {self._pid}) tree RSS {format_size(s.rss_bytes)}"
+                    f"warning: {self.settings.name} (pid {self._pid}) memory ({backend.counted})"
+                    f" {format_size(s.rss_bytes)}"
                     f" passed --warn-rss {format_size(lim.warn_rss)} (stop at {format_size(lim.max_rss)})"
                 )
                 if not self.settings.quiet:
@@ -411,6 +416,9 @@ class Launcher:
                 stop = {"rss": s.rss_bytes, "oom_kills": _oom_detail(backend)}
                 break
             interval = policy.next_interval_s(s.rss_bytes, lim.max_rss, growth)
+            # Young trees are sampled at a quarter of their age (1 ms, 2 ms, ... up to the
+            # interval above): a short command's peak is seen, at ~25 samples in all.
+            interval = min(interval, max(policy.MIN_INTERVAL_S, (now - started) / 4))
             if lim.max_as is not None and s.processes:
                 # Watch the address space near --max-as too, so that a failure there
                 # can be told from any other crash (it is per process, like RLIMIT_AS).
@@ -543,7 +551,8 @@ class Launcher:
         )
         if reason == "max-rss":
             return (
-                f"stopped {name} (pid {self._pid}): tree RSS passed --max-rss {format_size(lim.max_rss)};"
+                f"stopped {name} (pid {self._pid}): memory ({_procfs.COUNTED}) passed --max-rss"
+                f" {format_size(lim.max_rss)};"
                 f" peak {format_size(peak)}{big}"
             )
         if reason in ("pool", "system-pressure"):
@@ -557,8 +566,9 @@ class Launcher:
             return f"{name} (pid {self._pid}) was killed by the kernel's OOM killer (its cgroup limit); peak {format_size(peak)}{big}"
         if reason == "max-as":
             return (
-                f"{name} (pid {self._pid}) failed with its address space near --max-as {format_size(lim.max_as)}:"
-                " likely a failed mapping (ENOMEM); raise --max-as or set it to off"
+                f"{name} (pid {self._pid}) failed under --max-as {format_size(lim.max_as)}:"
+                " likely a failed mapping (ENOMEM; sanitizers, Bun and the JVM reserve more"
+                " than they use); raise --max-as or set it to off"
             )
         if reason == "signal":
             return f"{name} (pid {self._pid}) was killed by signal {os.WTERMSIG(status)}"

@@ -99,19 +99,24 @@ def looks_like_max_as(
     """Whether an abnormal end is most likely the address-space limit (RLIMIT_AS).
 
     The kernel does not say why a process died; a failed mmap shows up as ENOMEM,
-    MemoryError, an abort or a SIGSEGV. We call it ``max-as`` when the command ended
-    badly and its address space had come within ``near`` of the limit.
+    MemoryError, an abort or a crash. Under an RLIMIT_AS we call it ``max-as`` when
+    the command ended badly with its address space within ``near`` of the limit, or
+    crashed at all: runtimes that reserve address space up front fail that reservation
+    before any sample sees it (measured: AddressSanitizer aborts, ThreadSanitizer
+    segfaults or exits 66, Bun raises SIGILL), so their address space looks small.
     """
     import _signal as signal  # the C module: signal.py imports enum
     import os
 
     if max_as_bytes is None:
         return False
-    bad_signal = os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) in (
-        signal.SIGSEGV,
-        signal.SIGBUS,
-        signal.SIGABRT,
-        signal.SIGTRAP,
-    )
-    bad_exit = os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) != 0
-    return (bad_signal or bad_exit) and peak_vsz_bytes >= near * max_as_bytes
+    crash_signals = (signal.SIGILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGTRAP)
+    if os.WIFSIGNALED(wait_status):
+        return os.WTERMSIG(wait_status) in crash_signals
+    if not os.WIFEXITED(wait_status) or os.WEXITSTATUS(wait_status) == 0:
+        return False
+    code = os.WEXITSTATUS(wait_status)
+    # 66: the sanitizers' exit code; 128+N: a shell or wrapper reporting a crash signal.
+    if code == 66 or code - 128 in crash_signals:
+        return True
+    return peak_vsz_bytes >= near * max_as_bytes

@@ -4,7 +4,8 @@ One object a line, each with a ``type``:
 
 - ``start``: ``t0`` (Unix time), ``command``, ``name``, ``limits`` (``max_rss``, ``warn_rss``, ``max_as``), ``backend``
 - ``sample``: ``t`` (seconds since start), ``rss`` (tree bytes), ``procs`` ({pid: rss bytes})
-- ``proc``: ``t``, ``pid``, ``name`` — the first time a process is seen
+- ``proc``: ``t``, ``pid``, ``name`` — when a process is first seen, and again when its name
+  changes (an exec: a pyenv shim's ``bash`` becomes ``python``); the last one names it
 - ``event``: ``t``, ``kind`` (``warn``, ``evict``, ``stop``, ``kill``, ``exit``), ``detail``
 - ``end``: ``t``, ``reason``, ``exit_status``, ``peak_rss``
 """
@@ -23,7 +24,8 @@ class Recorder:
     def __init__(self, path: str, *, header: dict[str, Any], min_interval_s: float = 0.01) -> None:
         self._f: IO[str] = open(path, "w", buffering=1 << 16)
         self._t0 = time.monotonic()
-        self._names: set[int] = set()
+        self._names: dict[int, str] = {}
+        self._recheck_at = 1.0  # names of known processes are read again about once a second
         self._last_t = -1.0
         self._min_interval_s = min_interval_s  # at most 100 lines a second near a limit
         self._write({"type": "start", "t0": time.time(), **header})
@@ -42,15 +44,18 @@ class Recorder:
             return
         self._last_t = t
         for pid, name in names.items():
-            if pid not in self._names:
-                self._names.add(pid)
+            if self._names.get(pid) != name:
+                self._names[pid] = name
                 self._write({"type": "proc", "t": t, "pid": pid, "name": name})
+        if t >= self._recheck_at:  # this sample's names were all read afresh (see knows)
+            self._recheck_at = t + 1.0
         self._write(
             {"type": "sample", "t": t, "rss": rss, "procs": {str(p): r for p, r in procs.items()}}
         )
 
     def knows(self, pid: int) -> bool:
-        return pid in self._names
+        """Whether ``pid``'s name need not be read for this sample (False once a second)."""
+        return pid in self._names and self.now() < self._recheck_at
 
     def event(self, kind: str, **detail: Any) -> None:
         self._write({"type": "event", "t": self.now(), "kind": kind, "detail": detail})

@@ -16,13 +16,15 @@ def select(mode: str, *, agent_id: str, max_rss: int, warn_rss: int) -> Backend:
     from .sampling import SamplingBackend
 
     if mode == "sampling":
-        return SamplingBackend(reason="--backend sampling")
+        return SamplingBackend("--backend sampling", limits=(warn_rss, max_rss))
     try:
         from .cgroup import create_cgroup_backend
     except ModuleNotFoundError:  # pragma: no cover - the cgroup backend ships with pmrun
         if mode == "cgroup":
             raise
-        return SamplingBackend(reason="cgroup backend not available in this build")
+        return SamplingBackend(
+            "cgroup backend not available in this build", limits=(warn_rss, max_rss)
+        )
     from ..errors import CgroupError
 
     try:
@@ -30,4 +32,4 @@ def select(mode: str, *, agent_id: str, max_rss: int, warn_rss: int) -> Backend:
     except CgroupError as e:
         if mode == "cgroup":
             raise
-        return SamplingBackend(reason=f"no cgroup: {e}")
+        return SamplingBackend(f"no cgroup: {e}", limits=(warn_rss, max_rss))

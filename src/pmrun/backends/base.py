@@ -13,7 +13,11 @@ if TYPE_CHECKING:
 
 
 class ProcSample:
-    """One process of the tree at one sample."""
+    """One process of the tree at one sample.
+
+    ``rss_bytes`` is the process's own anonymous memory + shmem + swap (``_procfs.COUNTED``),
+    the measure the tree's figure sums: a process's figure never exceeds its tree's.
+    """
 
     __slots__ = ("pid", "rss_bytes", "vsz_bytes")
 
@@ -37,7 +41,7 @@ class Sample:
         processes: tuple[ProcSample, ...],
         kernel_usage_bytes: int | None = None,
     ) -> None:
-        self.rss_bytes = rss_bytes  # what the limits are checked against: tree RSS, or anon+swap
+        self.rss_bytes = rss_bytes  # what the limits apply to: anon + shmem + swap, pages once
         self.processes = processes  # every process found
         self.kernel_usage_bytes = kernel_usage_bytes  # cgroup usage incl. page cache (cgroup only)
 
@@ -54,6 +58,7 @@ class Backend(abc.ABC):
     """
 
     name: str  # "sampling", "cgroup-v1" or "cgroup-v2"
+    counted = "anon+shmem+swap"  # what sample() counts (``_procfs.COUNTED``), for messages
     reason: str  # why this backend was chosen, for the report and `pmrun status`
     keeper_pid: int | None = None  # the process the agent's tree hangs under (set by the launcher)
 

@@ -88,7 +88,7 @@ class CgroupBackend(Backend):
         self._closed = False
         self._last_peak: int | None = None
         self._last_oom = 0
-        self._reader = _procfs.TreeReader()  # keeps each process's statm open between samples
+        self._reader = _procfs.TreeReader()  # keeps each process's status open between samples
         self._wakeup: int | None = None
         self.close_error: str | None = None  # why close() could not remove the group
 
@@ -117,10 +117,10 @@ class CgroupBackend(Backend):
         procs: list[ProcSample] = []
         for pid in pids:
             try:
-                vsz, rss = self._reader.statm(pid)
+                vsz, counted = self._reader.memory(pid)  # the group's measure, per process
             except _procfs.ProcessGone:
                 continue
-            procs.append(ProcSample(pid, rss, vsz))
+            procs.append(ProcSample(pid, counted, vsz))
         if self._reader.open_files() > 2 * len(pids) + 16:
             self._reader.forget_others(set(pids))
         return Sample(stat.counted_bytes, tuple(procs), usage)

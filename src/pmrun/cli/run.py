@@ -37,7 +37,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--warn-rss", "agent.warn-rss", "SIZE", "warn once when the tree passes this (default 500M)"
     ),
-    Option("--max-as", "agent.max-as", "SIZE", "RLIMIT_AS on the command, or 'off' (default 256G)"),
+    Option("--max-as", "agent.max-as", "SIZE", "RLIMIT_AS on the command, or 'off' (default off)"),
     Option(
         "--grace",
         "agent.grace",

@@ -1,6 +1,7 @@
 """Draw a ``pmrun --record`` recording so that one picture tells the incident.
 
-RSS over time: one line per process (the biggest :data:`MAX_PROCESS_LINES`, the rest summed
+Memory over time, as pmrun counts it (anonymous + shmem + swap, the measure the limits
+apply to, named on the axis): one line per process (the biggest :data:`MAX_PROCESS_LINES`, the rest summed
 into one), the tree's total thicker on top, the ``--warn-rss`` and ``--max-rss`` limits as
 labelled horizontal lines, and a labelled vertical marker wherever something happened
 (warning, eviction, stop, kill, exit). The title says what ran and how it ended.
@@ -37,7 +38,7 @@ MARKER_STYLE: dict[str, tuple[str, str]] = {
 _REASONS = {
     "exit": "exited by itself",
     "signal": "ended by a signal",
-    "max-rss": "stopped by pmrun: tree RSS passed --max-rss",
+    "max-rss": "stopped by pmrun: memory passed --max-rss",
     "max-as": "failed at its address-space limit (--max-as)",
     "pool": "stopped by the coordinator: the pool was over its limit",
     "system-pressure": "stopped by the coordinator: the system was short of memory",
@@ -268,10 +269,11 @@ def plot_recording(
     ax.yaxis.set_major_locator(MultipleLocator(byte_tick_step(ax.get_ylim()[1])))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_size(v)))
     ax.set_xlabel("seconds since start")
-    ax.set_ylabel("RSS")
+    counted = (rec.header.get("backend") or {}).get("counted") or "RSS"  # older recordings: RSS
+    ax.set_ylabel(f"memory ({counted})" if counted != "RSS" else "RSS")
     ax.grid(True, color="0.9")
     ax.legend(
-        loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="RSS", title_fontsize=8
+        loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title=counted, title_fontsize=8
     )
     name = rec.header.get("name") or "agent"
     title = f"{name}: {_command_text(rec)}\n{describe_end(rec)}"

@@ -159,7 +159,7 @@ def summary_lines(status: Status) -> list[tuple[str, str]]:
     return lines
 
 
-AGENT_COLUMNS = ("NAME", "PID", "RSS", "PEAK", "WARN", "MAX", "AGE", "BACKEND", "STATE")
+AGENT_COLUMNS = ("NAME", "PID", "MEMORY", "PEAK", "WARN", "MAX", "AGE", "BACKEND", "STATE")
 
 
 def agent_rows(status: Status, *, sort_by_rss: bool = False) -> list[tuple[str, list[str]]]:
