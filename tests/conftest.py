@@ -112,3 +112,35 @@ def run_pmrun() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+REPO = Path(__file__).resolve().parent.parent
+NPM_PREFIX = REPO / ".venv" / "npm"
+CLAUDE_CODE = "@anthropic-ai/claude-code"
+
+
+@pytest.fixture(scope="session")
+def claude() -> Path:
+    """The ``claude`` executable, installed with npm into .venv/npm if not there yet."""
+    exe = NPM_PREFIX / "node_modules" / ".bin" / "claude"
+    if not exe.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed")
+        NPM_PREFIX.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(NPM_PREFIX), CLAUDE_CODE],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if r.returncode != 0:
+            reachable = subprocess.run(
+                [npm, "ping"], capture_output=True, text=True, timeout=60
+            ).returncode
+            if reachable != 0:
+                pytest.skip(f"the npm registry is unreachable: {r.stderr.strip()[-200:]}")
+            pytest.fail(f"npm install {CLAUDE_CODE} failed: {r.stderr[-500:]}")
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{exe} --version failed bare: {r.stderr[-300:]}"
+    return exe

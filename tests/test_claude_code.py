@@ -1,7 +1,7 @@
 """Claude Code (npm ``@anthropic-ai/claude-code``, a Bun binary) runs under pmrun as it runs bare.
 
-The package is installed once into ``.venv/npm`` (kept between runs); without the npm
-registry the tests are skipped, saying so. Each command gets a fresh HOME, so nothing
+The package is installed once into ``.venv/npm`` (conftest's ``claude`` fixture); without the
+npm registry the tests are skipped, saying so. Each command gets a fresh HOME, so nothing
 of the user's setup is read and the three commands work offline.
 """
 
@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-NPM_PREFIX = REPO / ".venv" / "npm"
-PACKAGE = "@anthropic-ai/claude-code"
 COMMANDS = (["--version"], ["--help"], ["mcp", "list"])
 BASE = ["--no-coordinator"]
 PMRUN = str(Path(sys.executable).parent / "pmrun")
@@ -34,33 +30,6 @@ def _backends() -> list[str]:
         return ["sampling", "cgroup"]
     except (ImportError, CgroupError):
         return ["sampling"]
-
-
-@pytest.fixture(scope="session")
-def claude() -> Path:
-    """The ``claude`` executable, installed with npm into .venv/npm if not there yet."""
-    exe = NPM_PREFIX / "node_modules" / ".bin" / "claude"
-    if not exe.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip("npm is not installed")
-        NPM_PREFIX.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(NPM_PREFIX), PACKAGE],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if r.returncode != 0:
-            reachable = subprocess.run(
-                [npm, "ping"], capture_output=True, text=True, timeout=60
-            ).returncode
-            if reachable != 0:
-                pytest.skip(f"the npm registry is unreachable: {r.stderr.strip()[-200:]}")
-            pytest.fail(f"npm install {PACKAGE} failed: {r.stderr[-500:]}")
-    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"{exe} --version failed bare: {r.stderr[-300:]}"
-    return exe
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -290,27 +290,10 @@ def test_a_shim_whose_python_is_gone_still_runs_the_program(world: dict[str, Pat
     assert r.stderr.count("\n") == 1 and "without pmrun" in r.stderr
 
 
-def _real_claude() -> str | None:
-    """Claude Code's `claude` on PATH or in npm's global prefix (not one of our shims)."""
-    candidates = [shutil.which("claude")]
-    npm = shutil.which("npm")
-    if npm is not None:
-        prefix = subprocess.run([npm, "prefix", "-g"], capture_output=True, text=True, timeout=60)
-        candidates.append(os.path.join(prefix.stdout.strip(), "bin", "claude"))
-    for candidate in candidates:
-        if candidate and os.path.exists(candidate) and not shim.is_shim(candidate):
-            return candidate
-    return None
-
-
-@pytest.mark.skipif(
-    _real_claude() is None, reason="Claude Code (npm @anthropic-ai/claude-code) not installed"
-)
 def test_real_claude_code_version_through_the_shim(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    claude: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = _real_claude()
-    assert real is not None
+    real = str(claude)
     shims = tmp_path / "shims"
     monkeypatch.setenv(
         "PATH", os.pathsep.join([str(shims), os.path.dirname(real), os.environ["PATH"]])
