@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "init": "pmrun.cli.project:init_command",
     "config": "pmrun.cli.project:config_command",
     "gc": "pmrun.cli.cgroup:gc_command",
+    "claude-pm": "pmrun.cli.claude_pm:claude_pm_command",
 }
 
 
