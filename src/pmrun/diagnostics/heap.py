@@ -3,12 +3,17 @@
 Any agent gets a per-process breakdown from ``/proc/PID/smaps_rollup`` (RSS, PSS, USS and
 swap): PSS splits a shared page among its sharers, USS is what only that process holds and
 would free on exit. Python services in the agent (``pmrun.client``) also answer a ``heap``
-request with their biggest object types and, under ``pmrun --trace-heap``, their biggest
-allocation sites; :func:`heap_lines` turns those answers into text.
+request with their biggest object types (:func:`count_types`) and, under
+``pmrun --trace-heap``, their biggest allocation sites; :func:`answer_lines` turns those
+answers into text.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -145,6 +150,69 @@ def table_lines(rows: list[list[str]]) -> list[str]:
     return out
 
 
+COUNTED = "gc+referents"  # what count_types counts, as a heap answer says in "counted"
+
+
+def count_types(
+    limit: int = 20, budget_s: float = 4.0, clock: Callable[[], float] = time.monotonic
+) -> dict[str, Any]:
+    """The biggest object types of this process: count and bytes (``sys.getsizeof`` of each
+    object alone), ``limit`` types, walking for at most ``budget_s``.
+
+    The garbage collector tracks only containers, so ``gc.get_objects()`` alone misses
+    every ``str``, ``bytes``, ``int`` and ``float`` (and tuples and dicts of only those,
+    which it stops tracking): a prompt cache holding 50 MB of strings was invisible. So
+    the objects that tracked ones refer to, and what untracked containers refer to in
+    turn, are counted too, each once (by identity). Memory outside Python objects (C
+    buffers, arenas) is not seen: that is what ``--trace-heap`` and RSS are for.
+    """
+    t0 = clock()
+    counts: dict[type, int] = {}
+    sizes: dict[type, int] = {}
+    seen: set[int] = set()  # ids of untracked objects counted; tracked ones are listed once
+    objects = gc.get_objects()
+    walked, truncated = 0, False
+    get_referents, is_tracked, getsizeof = gc.get_referents, gc.is_tracked, sys.getsizeof
+
+    def add(obj: object) -> None:
+        t = type(obj)
+        counts[t] = counts.get(t, 0) + 1
+        try:
+            sizes[t] = sizes.get(t, 0) + getsizeof(obj)
+        except Exception:  # a broken __sizeof__
+            pass
+
+    for i, obj in enumerate(objects):
+        add(obj)
+        walked += 1
+        stack = [r for r in get_referents(obj) if not is_tracked(r)]
+        while stack:
+            ref = stack.pop()
+            if id(ref) in seen or isinstance(ref, type):
+                continue
+            seen.add(id(ref))
+            add(ref)
+            walked += 1
+            if isinstance(ref, tuple | dict | frozenset):  # untracked: holds only atoms
+                stack.extend(r for r in get_referents(ref) if not is_tracked(r))
+            if not walked & 0xFFF and clock() - t0 > budget_s:
+                break
+        if (not i & 0x3FF or stack) and clock() - t0 > budget_s:
+            truncated = bool(stack) or i + 1 < len(objects)
+            break
+    del objects
+    top = sorted(counts, key=lambda t: (sizes.get(t, 0), counts[t]), reverse=True)[:limit]
+    types = [
+        {
+            "type": f"{t.__module__}.{t.__qualname__}"[:200],
+            "count": counts[t],
+            "bytes": sizes.get(t, 0),
+        }
+        for t in top
+    ]
+    return {"objects": walked, "types": types, "truncated": truncated, "counted": COUNTED}
+
+
 def answer_lines(answer: dict[str, Any]) -> list[str]:
     """A Python service process's ``heap`` answer (see ``pmrun.client.heap_summary``) as text."""
     services = ", ".join(str(s) for s in answer.get("services") or []) or "?"
@@ -163,7 +231,11 @@ def answer_lines(answer: dict[str, Any]) -> list[str]:
             [format_size(t.get("bytes", 0)), str(t.get("type", "?")), f"{t.get('count', 0):,}"]
             for t in types
         ]
-        lines += ["  biggest object types (each object alone, not what it refers to):"]
+        if answer.get("counted") == COUNTED:
+            what = "each object alone; str, bytes and numbers in containers included"
+        else:  # a service of an older pmrun walked gc-tracked objects only
+            what = "gc-tracked containers only: str, bytes and numbers NOT counted"
+        lines += [f"  biggest object types ({what}):"]
         lines += ["    " + line for line in table_lines(rows)]
     sites = answer.get("sites") or []
     if sites:
