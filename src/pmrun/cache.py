@@ -754,7 +754,7 @@ class SharedPromptCache:
 
         Results are stored under ``(prefix, args, sorted kwargs)``, or ``(prefix, key(*args,
         **kwargs))`` when ``key`` is given; ``prefix`` defaults to the function's
-        ``module.qualname``, so ``cache.invalidate(prefix)`` drops its results. Arguments must
+        ``module.qualname``, so ``cache.invalidate(prefix)`` (that exact name) drops its results. Arguments must
         be hashable (or reduced to a hashable by ``key``). A result larger than the budget is
         returned without being cached. Two threads missing at once both call the function.
         """
