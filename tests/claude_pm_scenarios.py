@@ -145,8 +145,9 @@ def handlers(socket: str) -> None:
             handlers=sorted(get_memory_pressure_coordinator()._cleanup_handlers),
             entries=cache.get_metrics()["entry_count"],
         )
-        loop = asyncio.get_running_loop()
-        while await loop.run_in_executor(None, sys.stdin.readline):
+        # Blocks the framework's event loop, as a synchronous agent spawn does for as long
+        # as the agent runs: the handlers must answer pmrun all the same.
+        while sys.stdin.readline():
             say(kind="entries", entries=cache.get_metrics()["entry_count"])
         await diagnostics.stop()
 

@@ -21,10 +21,9 @@ imports the framework, click or psutil: the hook costs an interpreter start almo
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
-import importlib.abc
-import inspect
 import json
 import logging
 import math
@@ -36,16 +35,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..errors import UsageError
 from ..sizes import parse_size
+from . import _hook
+from ._hook import CACHE_MODULE, ENV, HOOK_FILE, HOOK_LINE, PRESSURE_MODULE, RUNNER_MODULE
 
 __all__ = [
     "ENV",
+    "HOOK_FILE",
+    "HOOK_LINE",
     "Limits",
     "Integration",
     "install",
@@ -57,10 +59,6 @@ __all__ = [
 
 log = logging.getLogger("pmrun.integrations.claude_pm")
 
-ENV = "PMRUN_CLAUDE_PM"  # "1": the .pth hook calls install_from_env() at interpreter start
-CACHE_MODULE = "claude_pm.services.shared_prompt_cache"
-RUNNER_MODULE = "claude_pm.services.subprocess_runner"
-PRESSURE_MODULE = "claude_pm.services.memory_pressure_coordinator"
 SERVICE_PREFIX = "claude-pm:"  # pmrun's name for a framework cleanup handler
 REPORTS_KEPT = 200  # exit report files kept in the report directory, newest first
 _MIB = 1024 * 1024
@@ -308,10 +306,11 @@ def install(
     return _state
 
 
-def install_from_env() -> Integration | None:
-    """What the ``.pth`` hook runs when ``PMRUN_CLAUDE_PM`` is set: :func:`install` with
-    pmrun's settings. A failure is one line on stderr; the program still starts."""
-    if os.environ.get(ENV, "") in ("", "0"):
+def install_from_env(*, force: bool = False) -> Integration | None:
+    """:func:`install` with pmrun's settings if ``PMRUN_CLAUDE_PM`` is set (or ``force``),
+    as the ``.pth`` hook does once the framework is imported. A failure is one line on
+    stderr and None; the program still runs."""
+    if not force and os.environ.get(ENV, "") in ("", "0"):
         return None
     try:
         return install()
@@ -338,12 +337,19 @@ _bridge_lock = threading.Lock()
 
 
 def _install_hooks() -> None:
-    if not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
+    _hook.arm()
     for name, patch in _PATCHES.items():
         module = sys.modules.get(name)
         if module is not None:
             _apply(name, patch, module)
+
+
+def _imported(name: str, module: ModuleType) -> None:
+    """The import hook's call once a framework module it patches has executed. Armed by
+    the ``.pth`` line alone, pmrun installs itself now, with pmrun's settings."""
+    if _state is None and install_from_env(force=True) is None:
+        return  # it said why on stderr; the framework runs as without pmrun
+    _apply(name, _PATCHES[name], module)
 
 
 def _apply(name: str, patch: Callable[[ModuleType], None], module: ModuleType) -> None:
@@ -461,6 +467,10 @@ async def _cache_pressure(severity: str = "warning") -> dict[str, Any]:
     return await SharedPromptCache.get_instance().handle_memory_pressure(severity)
 
 
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
 def _bridge(service_name: str, handler: Callable[..., Any]) -> None:
     """Register a framework cleanup handler as the pmrun service ``claude-pm:<name>``."""
     from ..cache import SharedPromptCache
@@ -472,10 +482,13 @@ def _bridge(service_name: str, handler: Callable[..., Any]) -> None:
         return  # pmrun's cache is a service of its own already
     state = _state
 
-    async def drop(fraction: float) -> int:
+    def drop(fraction: float) -> int:
+        # On an event loop of its own in pmrun's client thread, not the framework's: the
+        # framework's loop is blocked for as long as a synchronous agent spawn runs, which
+        # is when memory runs short.
         answer = handler(severity_for(fraction))
-        if inspect.isawaitable(answer):
-            answer = await answer
+        if hasattr(answer, "__await__"):
+            answer = asyncio.run(_awaited(answer))
         return freed_bytes(answer)
 
     registration = register_cleanup(
@@ -511,54 +524,7 @@ _PATCHES: dict[str, Callable[[ModuleType], None]] = {
 }
 
 
-class _Finder(importlib.abc.MetaPathFinder):
-    """Patches the framework's modules right after they execute, whoever imports them."""
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> ModuleSpec | None:
-        patch = _PATCHES.get(fullname)
-        if patch is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _PatchingLoader(spec.loader, fullname, patch)
-        return spec
-
-
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any, name: str, patch: Callable[[ModuleType], None]) -> None:
-        self._loader = loader
-        self._name = name
-        self._patch = patch
-
-    def __getattr__(self, attr: str) -> Any:  # get_source, get_filename, ... for tracebacks
-        return getattr(self._loader, attr)
-
-    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        self._loader.exec_module(module)
-        _apply(self._name, self._patch, module)
-
-
 # -- the .pth hook --------------------------------------------------------------------------
-
-HOOK_FILE = "pmrun-claude-pm.pth"
-# One line: site.py runs a .pth line that starts with "import". It costs an interpreter start
-# one environment lookup unless PMRUN_CLAUDE_PM is set.
-HOOK_LINE = (
-    f"import os; os.environ.get({ENV!r}, '0') not in ('', '0') and "
-    "__import__('pmrun.integrations.claude_pm', fromlist=['_']).install_from_env()\n"
-)
 
 
 def install_hook(site_packages: str | os.PathLike[str]) -> Path:
