@@ -53,6 +53,7 @@ def singleton_and_config(mod: ModuleType) -> None:
     cls = mod.SharedPromptCache
     config = {"max_size": 300, "max_memory_mb": 20, "default_ttl": 900}  # pm_orchestrator's
     first = cls.get_instance(config)
+    assert first, "an empty cache is still a cache: `if self._cache_instance:` in the framework"
     assert cls.get_instance() is first and mod.get_shared_cache() is first
     assert cls.get_instance({"max_size": 1}) is first  # config only counts the first time
     m = first.get_metrics()
@@ -156,9 +157,16 @@ def start_stop(mod: ModuleType) -> None:
 
     async def life() -> None:
         assert cache.running is False
+        assert (await cache.health_check()).status == "unhealthy"
         await cache.start()  # cache_service_integration: `if not cache.running: await start()`
         assert cache.running is True
         cache.set("k", "v")
+        # CacheServiceWrapper reads .checks. Only the shape is common: the framework's own
+        # check fails on itself when running (its CacheMetrics has no requests_total).
+        health = await cache.health_check()
+        assert health.status in ("healthy", "degraded", "unhealthy") and health.message, health
+        assert isinstance(health.checks, dict) and isinstance(health.metrics, dict)
+        assert isinstance(health.timestamp, str)
         await cache.stop()
         assert cache.running is False
 

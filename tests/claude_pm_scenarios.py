@@ -58,20 +58,37 @@ def cache(socket: str) -> None:
     metrics = shared.get_metrics()
     keys = [e["key"] for e in shared.get_cache_info()["entries"]]
     base_agent_loader.clear_base_agent_cache()  # its exact-key invalidations
+    after_clear = shared.get_metrics()["entry_count"]
+    seen = wait_for_service(socket, "prompt-cache")
+    running, attached = shared.running, shared.attached  # before its service manager stops it
+
+    async def managed() -> dict[str, Any]:  # the framework's service manager runs the cache
+        from claude_pm.core.service_manager import ServiceManager
+        from claude_pm.services.cache_service_integration import register_cache_service
+
+        manager = ServiceManager()
+        wrapper = register_cache_service(manager, config)
+        await manager.start_all()
+        health = await wrapper.health_check()
+        instance = wrapper.get_cache_instance()
+        await manager.stop_all()
+        return {"same": instance is shared, "health": health.status, "checks": health.checks}
+
     say(
-        seen_by_coordinator=wait_for_service(socket, "prompt-cache"),
+        seen_by_coordinator=seen,
+        managed=asyncio.run(managed()),
         cls=f"{SharedPromptCache.__module__}.{SharedPromptCache.__qualname__}",
         loader_cls=base_agent_loader.SharedPromptCache.__module__,
         same=shared is get_shared_cache() is SharedPromptCache.get_instance(),
-        running=shared.running,
-        attached=shared.attached,
+        running=running,
+        attached=attached,
         max_size=shared.max_size,
         max_memory_mb=shared.max_memory_mb,
         loaded=bool(text) and text == again,
         hits=metrics["hits"],
         sets=metrics["sets"],
         keys=keys,
-        after_clear=shared.get_metrics()["entry_count"],
+        after_clear=after_clear,
     )
 
 

@@ -179,6 +179,19 @@ def test_handle_memory_pressure_severity(severity: str, left: int) -> None:
     assert cache.stats()["evictions"]["pressure"] == 10 - left
 
 
+def test_health_check_reports_without_touching_entries() -> None:
+    cache = make_cache(max_bytes="1MB")
+    cache.set("k", "v")
+    before = cache.stats()
+    assert asyncio.run(cache.health_check()).status == "unhealthy"  # not started
+    asyncio.run(cache.start())
+    health = asyncio.run(cache.health_check())
+    assert health.status == "healthy" and all(health.checks.values()), health
+    assert set(health.checks) == {"running", "cache_operations", "memory_usage_ok", "cache_size_ok"}
+    assert cache.stats() == before  # no test entry stored, read or evicted
+    asyncio.run(cache.stop())
+
+
 def test_get_instance_is_shared_and_reset_detaches(tmp_path: Any) -> None:
     first = SharedPromptCache.get_instance()
     assert SharedPromptCache.shared() is first and pmcache.get_shared_cache() is first

@@ -159,6 +159,9 @@ def test_framework_cache_calls_reach_pmrun_s_cache_attached_to_the_coordinator(
     assert result["keys"] == ["base_agent:instructions:normal"]
     assert result["after_clear"] == 0  # clear_base_agent_cache's exact keys matched
     assert result["seen_by_coordinator"]
+    managed = result["managed"]  # its ServiceManager started, checked and stopped pmrun's cache
+    assert managed["same"]
+    assert managed["health"] == "healthy" and managed["checks"]["cache_service_running"], managed
     registered = [e for e in daemon.events("service.register") if e["service"] == "prompt-cache"]
     assert registered, daemon.events()[-10:]
 

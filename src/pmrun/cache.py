@@ -32,7 +32,8 @@ so the framework's code runs on it unchanged: ``get_instance(config)``/``reset_i
 its config dict (``max_size``, ``max_memory_mb``, ``default_ttl``), ``set(key, value, ttl,
 metadata) -> bool``, ``invalidate(pattern)`` with ``fnmatch`` wildcards, ``get_metrics()``,
 ``get_cache_info()``, ``async handle_memory_pressure(severity)``,
-``register_invalidation_callback``, ``async start()/stop()``, ``running``, and the module
+``register_invalidation_callback``, ``async start()/stop()/health_check()``, ``running``, and
+the module
 functions :func:`get_shared_cache`, :func:`configure_shared_cache` and :func:`cache_result`.
 Where the two APIs disagree, a call made the framework's way gets the framework's answer.
 """
@@ -52,7 +53,8 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from functools import wraps
 from typing import Any, ClassVar, ParamSpec, TypeVar, overload
 
@@ -64,6 +66,7 @@ __all__ = [
     "SharedPromptCache",
     "CacheValueTooLarge",
     "Freed",
+    "Health",
     "sizeof",
     "get_shared_cache",
     "configure_shared_cache",
@@ -127,6 +130,18 @@ class Freed:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready report; ``bytes`` and ``rss_drop`` are what the coordinator reads."""
         return {"bytes": self.bytes_accounted, "rss_drop": self.rss_drop, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Health:
+    """What :meth:`SharedPromptCache.health_check` found: the framework's ``ServiceHealth``,
+    field for field."""
+
+    status: str  # "healthy", "degraded" or "unhealthy"
+    message: str
+    timestamp: str  # ISO 8601, local time, as the framework writes it
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
 
 
 def sizeof(obj: object) -> int:
@@ -549,6 +564,11 @@ class SharedPromptCache:
             entry = self._data.get(key)
             return entry is not None and self._timer() < entry[2]
 
+    def __bool__(self) -> bool:
+        """Always true, empty or not, as the framework's cache object is: its code tests
+        ``if self._cache_instance:`` for "there is a cache". Use ``len()`` for emptiness."""
+        return True
+
     def __len__(self) -> int:
         """The number of live entries."""
         with self._lock:
@@ -710,6 +730,26 @@ class SharedPromptCache:
             "memory_freed_mb": mb_before - mb_after,
             **freed.as_dict(),
         }
+
+    async def health_check(self) -> Health:
+        """The framework's service health check, without touching the entries (its own
+        stores, reads and deletes a test entry, which could evict a real one)."""
+        checks = {"running": self._running}
+        locked = self._lock.acquire(timeout=1.0)
+        checks["cache_operations"] = locked
+        if locked:
+            try:
+                checks["memory_usage_ok"] = self._bytes < self._max_bytes
+                checks["cache_size_ok"] = len(self._data) <= self._max_entries
+            finally:
+                self._lock.release()
+        if not self._running:
+            status, message = "unhealthy", "Service is not running"
+        elif all(checks.values()):
+            status, message = "healthy", "All health checks passed"
+        else:
+            status, message = "degraded", "Some health checks failed"
+        return Health(status, message, datetime.now().isoformat(), {}, checks)
 
     async def start(self) -> None:
         """Mark the cache running and attach it to the coordinator under pmrun
