@@ -153,6 +153,10 @@ def table_lines(rows: list[list[str]]) -> list[str]:
 COUNTED = "gc+referents"  # what count_types counts, as a heap answer says in "counted"
 
 
+_CONTAINERS = frozenset({dict, list, tuple, set, frozenset})  # where caches keep their atoms
+_ATOM_HOLDERS = (tuple, dict, frozenset)  # untracked only while holding nothing but atoms
+
+
 def count_types(
     limit: int = 20, budget_s: float = 4.0, clock: Callable[[], float] = time.monotonic
 ) -> dict[str, Any]:
@@ -162,17 +166,15 @@ def count_types(
     The garbage collector tracks only containers, so ``gc.get_objects()`` alone misses
     every ``str``, ``bytes``, ``int`` and ``float`` (and tuples and dicts of only those,
     which it stops tracking): a prompt cache holding 50 MB of strings was invisible. So
-    the objects that tracked ones refer to, and what untracked containers refer to in
-    turn, are counted too, each once (by identity). Memory outside Python objects (C
-    buffers, arenas) is not seen: that is what ``--trace-heap`` and RSS are for.
+    after the tracked objects, the untracked objects they refer to are counted too, each
+    once (by identity): first those held by dicts, lists, tuples and sets, then by
+    everything else, for as long as the budget lasts (``untracked_complete`` says whether it
+    did). Memory outside Python objects is not seen: ``--trace-heap`` and RSS show it.
     """
     t0 = clock()
     counts: dict[type, int] = {}
     sizes: dict[type, int] = {}
-    seen: set[int] = set()  # ids of untracked objects counted; tracked ones are listed once
-    objects = gc.get_objects()
-    walked, truncated = 0, False
-    get_referents, is_tracked, getsizeof = gc.get_referents, gc.is_tracked, sys.getsizeof
+    getsizeof = sys.getsizeof
 
     def add(obj: object) -> None:
         t = type(obj)
@@ -182,24 +184,15 @@ def count_types(
         except Exception:  # a broken __sizeof__
             pass
 
+    objects = gc.get_objects()
+    walked, truncated = 0, False
     for i, obj in enumerate(objects):
         add(obj)
-        walked += 1
-        stack = [r for r in get_referents(obj) if not is_tracked(r)]
-        while stack:
-            ref = stack.pop()
-            if id(ref) in seen or isinstance(ref, type):
-                continue
-            seen.add(id(ref))
-            add(ref)
-            walked += 1
-            if isinstance(ref, tuple | dict | frozenset):  # untracked: holds only atoms
-                stack.extend(r for r in get_referents(ref) if not is_tracked(r))
-            if not walked & 0xFFF and clock() - t0 > budget_s:
-                break
-        if (not i & 0x3FF or stack) and clock() - t0 > budget_s:
-            truncated = bool(stack) or i + 1 < len(objects)
+        walked = i + 1
+        if not i & 0x3FFF and clock() - t0 > budget_s:
+            truncated = walked < len(objects)
             break
+    complete = not truncated and _count_untracked(objects, add, t0, budget_s, clock)
     del objects
     top = sorted(counts, key=lambda t: (sizes.get(t, 0), counts[t]), reverse=True)[:limit]
     types = [
@@ -210,7 +203,46 @@ def count_types(
         }
         for t in top
     ]
-    return {"objects": walked, "types": types, "truncated": truncated, "counted": COUNTED}
+    return {
+        "objects": walked,
+        "types": types,
+        "truncated": truncated,
+        "counted": COUNTED,
+        "untracked_complete": complete,
+    }
+
+
+def _count_untracked(
+    objects: list[Any],
+    add: Callable[[object], None],
+    t0: float,
+    budget_s: float,
+    clock: Callable[[], float],
+) -> bool:
+    """Count the untracked referents of ``objects``; False if the budget ran out first."""
+    get_referents, is_tracked = gc.get_referents, gc.is_tracked
+    seen: set[int] = set()
+    n = 0
+    for containers_first in (True, False):
+        for obj in objects:
+            if (type(obj) in _CONTAINERS) is not containers_first:
+                continue
+            stack = list(get_referents(obj))
+            while stack:
+                ref = stack.pop()
+                if is_tracked(ref) or id(ref) in seen or isinstance(ref, type):
+                    continue
+                seen.add(id(ref))
+                add(ref)
+                if isinstance(ref, _ATOM_HOLDERS):
+                    stack.extend(get_referents(ref))
+                n += 1
+                if not n & 0xFFF and clock() - t0 > budget_s:
+                    return False  # one huge list of strings stops here too
+            n += 1
+            if not n & 0x3FF and clock() - t0 > budget_s:
+                return False
+    return True
 
 
 def answer_lines(answer: dict[str, Any]) -> list[str]:
@@ -233,6 +265,8 @@ def answer_lines(answer: dict[str, Any]) -> list[str]:
         ]
         if answer.get("counted") == COUNTED:
             what = "each object alone; str, bytes and numbers in containers included"
+            if answer.get("untracked_complete") is False:
+                what += ", in part: time budget"
         else:  # a service of an older pmrun walked gc-tracked objects only
             what = "gc-tracked containers only: str, bytes and numbers NOT counted"
         lines += [f"  biggest object types ({what}):"]
