@@ -92,6 +92,24 @@ def cache(socket: str) -> None:
     )
 
 
+def children_after(timeout_s: float) -> list[str]:
+    """This process's descendants still alive after ``timeout_s`` (waiting for them to go)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [
+            " ".join(p.cmdline())
+            for p in psutil.Process().children(recursive=True)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
 def spawn(socket: str, framework: str) -> None:
     from pmrun.integrations import claude_pm
 
@@ -133,6 +151,14 @@ def spawn(socket: str, framework: str) -> None:
         stderr=err_leak[-2000:],
         report=claude_pm.last_report("engineer"),
     )
+    # The framework's own timeout kills the launcher (SIGKILL when sync, SIGTERM then
+    # SIGKILL when async): the agent must not outlive it.
+    hold = {"LEAK_MB": "8"}  # holds 8 MB and sleeps, under the limit
+    timed_out = [
+        runner.run_agent_subprocess("engineer", task, 3, hold),
+        asyncio.run(runner.run_agent_subprocess_async("engineer", task, 3, hold)),
+    ]
+    say(kind="timeout", rcs=[r[0] for r in timed_out], left=children_after(30))
 
 
 def handlers(socket: str) -> None:
