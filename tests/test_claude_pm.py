@@ -330,6 +330,15 @@ def test_the_pth_hook_switches_it_on_with_the_environment_variable(
         assert module(PMRUN_CLAUDE_PM="1") == "pmrun.cache"
         assert module() == "claude_pm.services.shared_prompt_cache"  # off without it
         assert module(PMRUN_CLAUDE_PM="0") == "claude_pm.services.shared_prompt_cache"
+        # pmrun cannot take over (a socket path too long): one line, and the program runs.
+        bad = subprocess.run(
+            [str(framework_venv), "-c", probe], capture_output=True, text=True, timeout=120,
+            env={**env, "PMRUN_CLAUDE_PM": "1", "PMRUN_SOCKET": "/tmp/" + "x" * 200},
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert bad.returncode == 0 and bad.stdout.strip().endswith("shared_prompt_cache")
+        pmrun_lines = [x for x in bad.stderr.splitlines() if x.startswith("pmrun:")]
+        assert len(pmrun_lines) == 1 and "could not take over" in pmrun_lines[0], bad.stderr
     finally:
         removed = subprocess.run([*pmrun, "remove-hook"], capture_output=True, text=True, env=env)
     assert removed.returncode == 0 and removed.stdout.startswith("removed "), removed

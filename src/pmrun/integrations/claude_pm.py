@@ -16,7 +16,8 @@ After :func:`install` (or ``PMRUN_CLAUDE_PM=1`` with the ``.pth`` hook that
 
 The framework's modules are patched when they are imported (an import hook), or at once if
 they already are; names other modules copied from them are replaced too. Nothing here
-imports the framework, click or psutil: the hook costs an interpreter start almost nothing.
+imports the framework, click or psutil, and the ``.pth`` hook (:mod:`._hook`) loads this
+module only once a framework module it patches is imported.
 """
 
 from __future__ import annotations
@@ -332,6 +333,7 @@ def reports() -> list[tuple[str, Path, dict[str, Any] | None]]:
 # -- patching the framework's modules -------------------------------------------------------
 
 _patched: set[str] = set()
+_given_up = False  # the hook's own install() failed: leave the framework alone
 _bridged: dict[str, Any] = {}  # framework service name -> pmrun registration
 _bridge_lock = threading.Lock()
 
@@ -347,8 +349,12 @@ def _install_hooks() -> None:
 def _imported(name: str, module: ModuleType) -> None:
     """The import hook's call once a framework module it patches has executed. Armed by
     the ``.pth`` line alone, pmrun installs itself now, with pmrun's settings."""
+    global _given_up
+    if _given_up:
+        return
     if _state is None and install_from_env(force=True) is None:
-        return  # it said why on stderr; the framework runs as without pmrun
+        _given_up = True  # it said why on stderr, once; the framework runs as without pmrun
+        return
     _apply(name, _PATCHES[name], module)
 
 
