@@ -55,8 +55,17 @@ if os.environ.get("LEAK_MB"):
 """
 
 
+STAMP = VENV / "pmrun-pyproject.sha256"  # pmrun's dependencies as last installed there
+
+
+def _pyproject_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+
+
 def _venv_ready() -> bool:
-    if not PY.exists():
+    if not PY.exists() or not STAMP.exists() or STAMP.read_text() != _pyproject_digest():
         return False
     probe = "import claude_pm, pmrun; print(pmrun.__file__)"
     out = subprocess.run([str(PY), "-c", probe], capture_output=True, text=True, timeout=120)
@@ -84,7 +93,8 @@ def framework_venv() -> Path:
         if not PY.exists():
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
         _pip(f"claude-multiagent-pm=={VERSION}")
-        _pip("-e", str(REPO))
+        _pip("-e", str(REPO))  # again whenever pyproject.toml changes (the stamp)
+        STAMP.write_text(_pyproject_digest())
         assert _venv_ready(), "the venv was built but cannot import claude_pm and this pmrun"
     return PY
 
