@@ -32,9 +32,9 @@ so the framework's code runs on it unchanged: ``get_instance(config)``/``reset_i
 its config dict (``max_size``, ``max_memory_mb``, ``default_ttl``), ``set(key, value, ttl,
 metadata) -> bool``, ``invalidate(pattern)`` with ``fnmatch`` wildcards, ``get_metrics()``,
 ``get_cache_info()``, ``async handle_memory_pressure(severity)``,
-``register_invalidation_callback``, ``async start()/stop()/health_check()``, ``running``, and
-the module
-functions :func:`get_shared_cache`, :func:`configure_shared_cache` and :func:`cache_result`.
+``register_invalidation_callback``, ``async start()/stop()/health_check()``, ``running``,
+and the module functions :func:`get_shared_cache`, :func:`configure_shared_cache` and
+:func:`cache_result`.
 Where the two APIs disagree, a call made the framework's way gets the framework's answer.
 """
 
