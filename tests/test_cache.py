@@ -6,6 +6,7 @@ child's RSS from /proc.
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import json
 import math
@@ -253,7 +254,7 @@ def test_malloc_helpers() -> None:
 
 
 def test_shared_is_one_instance(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(SharedPromptCache, "_shared", None)
+    monkeypatch.setattr(SharedPromptCache, "_instance", None)
     monkeypatch.delenv("PMRUN_SOCKET", raising=False)
     first = SharedPromptCache.shared()
     assert SharedPromptCache.shared() is first
@@ -338,16 +339,16 @@ def test_expiry_heap_stays_bounded_under_overwrites() -> None:
 # --- invalidate, evict_fraction, stats ------------------------------------------------------
 
 
-def test_invalidate_prefix() -> None:
+def test_invalidate_by_prefix() -> None:
     cache = make_cache()
     cache.set("system:v1:a", "1")
     cache.set("system:v1:b", "2")
     cache.set("system:v2:a", "3")
     cache.set(("system:v1", "tuple"), "4")
     cache.set(42, "5")
-    assert cache.invalidate("system:v1") == 3
+    assert cache.invalidate(prefix="system:v1") == 3
     assert "system:v2:a" in cache and 42 in cache and len(cache) == 2
-    assert cache.invalidate("nothing") == 0
+    assert cache.invalidate(prefix="nothing") == 0
     assert cache.stats()["evictions"]["manual"] == 3
     audit(cache)
 
@@ -437,7 +438,7 @@ def test_stats_biggest_entries_and_long_keys() -> None:
     stats = cache.stats()
     assert [b["key"] for b in stats["biggest"]] == ["k9", "k8", "k7", "k6", "k5"]
     assert make_cache().stats()["hit_ratio"] == 0.0
-    cache.invalidate("k")
+    cache.invalidate(prefix="k")
     [only] = cache.stats()["biggest"]
     assert len(only["key"]) == 80 and only["key"].endswith("...")
     assert "1 entries" in repr(cache) and "detached" in repr(cache)
@@ -678,6 +679,13 @@ class ReferenceCache:
         ]:
             del self.entries[k]
 
+    def invalidate_pattern(self, pattern: str) -> None:
+        self.sweep()
+        for k in list(self.entries):
+            name = k[0] if isinstance(k, tuple) else k
+            if name == pattern or fnmatch.fnmatchcase(name, pattern):
+                del self.entries[k]
+
 
 class CacheMachine(RuleBasedStateMachine):
     """Random operations on a small cache, checked against :class:`ReferenceCache`."""
@@ -722,8 +730,13 @@ class CacheMachine(RuleBasedStateMachine):
 
     @rule(prefix=st.sampled_from(["k", "k1", "memo", "zz"]))
     def invalidate(self, prefix: str) -> None:
-        self.cache.invalidate(prefix)
+        self.cache.invalidate(prefix=prefix)
         self.model.invalidate(prefix)
+
+    @rule(pattern=st.sampled_from(["k1", "k*", "k?", "k[12]", "memo*", "*"]))
+    def invalidate_pattern(self, pattern: str) -> None:
+        self.cache.invalidate(pattern)
+        self.model.invalidate_pattern(pattern)
 
     @rule()
     def clear(self) -> None:

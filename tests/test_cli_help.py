@@ -119,7 +119,7 @@ def _check_example(line: str) -> None:
                 known |= set(BY_FLAG)  # passes launcher options on (pmrun shim install)
         else:
             known = set(BY_FLAG)
-            words = words[: words.index("--")] if "--" in words else words
+        words = words[: words.index("--")] if "--" in words else words  # the command's own
         for w in words:
             if w.startswith("-") and len(w) > 1 and not re.fullmatch(r"-\d+", w):
                 assert w.split("=", 1)[0] in known, f"{line!r}: {w} is not an option"

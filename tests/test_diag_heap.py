@@ -115,3 +115,48 @@ def test_answer_lines_show_types_sites_and_what_is_missing() -> None:
     assert answer_lines({"pid": 8, "services": ["x"], "error": "no answer"}) == [
         "pid 8 (services: x): no answer"
     ]
+
+
+def test_a_cache_of_strings_is_counted() -> None:
+    """gc.get_objects() lists containers only: the strings a prompt cache holds must be
+    counted through the containers that refer to them (they were invisible before)."""
+    import gc
+
+    from pmrun.cache import SharedPromptCache
+    from pmrun.client import heap_summary
+
+    cache = SharedPromptCache(100 << 20, max_entries=10_000, auto_attach=False)
+    for i in range(2000):
+        cache.set(f"prompt:{i}", f"{i} " + "x" * 10_000)
+    gc.collect()  # the collector stops tracking the entry tuples: only atoms left inside
+    summary = heap_summary(limit=50, budget_s=60)
+    by_type = {t["type"]: t for t in summary["types"]}
+    assert by_type["builtins.str"]["bytes"] >= 2000 * 10_000
+    assert by_type["builtins.str"]["count"] >= 4000  # the values and their keys
+    assert summary["counted"] == "gc+referents" and not summary["truncated"]
+    assert summary["untracked_complete"] is True
+    assert "str, bytes and numbers in containers included" in answer_lines(summary)[1]
+    partly = {**summary, "untracked_complete": False}
+    assert "included, in part: time budget" in answer_lines(partly)[1]
+    old = {**summary, "counted": None}  # a service of an older pmrun
+    assert "str, bytes and numbers NOT counted" in answer_lines(old)[1]
+    del cache
+
+
+def test_the_walk_keeps_to_its_budget_and_counts_tracked_objects_first() -> None:
+    from pmrun.diagnostics.heap import count_types
+
+    class Clock:  # a second passes at every reading
+        now = 0.0
+
+        def __call__(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    strings = [f"s{i}" * 10 for i in range(50_000)]
+    out = count_types(budget_s=0.5, clock=Clock())
+    assert out["truncated"] is True and out["untracked_complete"] is False
+    assert out["objects"] >= 1
+    roomy = count_types(budget_s=1e9)
+    assert roomy["untracked_complete"] is True and not roomy["truncated"]
+    del strings

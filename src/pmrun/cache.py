@@ -26,10 +26,22 @@ when nothing has), so an idle cache keeps its expired entries until it is next u
 
 Limits come from the constructor, else from the ``[cache]`` table of the config file and
 ``PMRUN_CACHE_*`` variables (see :mod:`pmrun.config`).
+
+The class also speaks the API of claude-multiagent-pm's own ``SharedPromptCache`` (1.4.7),
+so the framework's code runs on it unchanged: ``get_instance(config)``/``reset_instance()``,
+its config dict (``max_size``, ``max_memory_mb``, ``default_ttl``), ``set(key, value, ttl,
+metadata) -> bool``, ``invalidate(pattern)`` with ``fnmatch`` wildcards, ``get_metrics()``,
+``get_cache_info()``, ``async handle_memory_pressure(severity)``,
+``register_invalidation_callback``, ``async start()/stop()/health_check()``, ``running``,
+and the module functions :func:`get_shared_cache`, :func:`configure_shared_cache` and
+:func:`cache_result`.
+Where the two APIs disagree, a call made the framework's way gets the framework's answer.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import heapq
 import itertools
 import logging
@@ -41,7 +53,8 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from functools import wraps
 from typing import Any, ClassVar, ParamSpec, TypeVar, overload
 
@@ -49,7 +62,16 @@ from . import _malloc
 from .errors import PmrunError, SizeError, UsageError
 from .sizes import format_size, parse_fraction, parse_size
 
-__all__ = ["SharedPromptCache", "CacheValueTooLarge", "Freed", "sizeof"]
+__all__ = [
+    "SharedPromptCache",
+    "CacheValueTooLarge",
+    "Freed",
+    "Health",
+    "sizeof",
+    "get_shared_cache",
+    "configure_shared_cache",
+    "cache_result",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +85,10 @@ _MAX_DEPTH = 8  # levels of containers :func:`sizeof` descends into
 _BIGGEST = 5  # entries listed in stats()["biggest"]
 _KEY_SHOWN = 80  # characters of a key shown in stats()
 _MISSING: Any = object()
+_MIB = 1024 * 1024
+_WILDCARDS = frozenset("*?[")
+# The framework's severities and the share of the cache each drops (its own 1.4.7 figures).
+SEVERITY_FRACTION = {"warning": 0.5, "critical": 0.75}
 
 
 class CacheValueTooLarge(PmrunError, ValueError):
@@ -104,6 +130,18 @@ class Freed:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready report; ``bytes`` and ``rss_drop`` are what the coordinator reads."""
         return {"bytes": self.bytes_accounted, "rss_drop": self.rss_drop, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Health:
+    """What :meth:`SharedPromptCache.health_check` found: the framework's ``ServiceHealth``,
+    field for field."""
+
+    status: str  # "healthy", "degraded" or "unhealthy"
+    message: str
+    timestamp: str  # ISO 8601, local time, as the framework writes it
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
 
 
 def sizeof(obj: object) -> int:
@@ -158,10 +196,42 @@ def _positive_seconds(value: float, what: str) -> float:
     return float(value)
 
 
-def _key_has_prefix(key: Hashable, prefix: str) -> bool:
+def _key_name(key: Hashable) -> str | None:
     if isinstance(key, tuple) and key:
         key = key[0]  # memoized keys are (function name, arguments)
-    return isinstance(key, str) and key.startswith(prefix)
+    return key if isinstance(key, str) else None
+
+
+def _key_has_prefix(key: Hashable, prefix: str) -> bool:
+    name = _key_name(key)
+    return name is not None and name.startswith(prefix)
+
+
+def _key_matches(key: Hashable, pattern: str) -> bool:
+    """The framework's rule: the exact key, or an ``fnmatch`` match when ``pattern`` has
+    wildcards (a key that itself contains ``[`` still matches itself exactly)."""
+    name = _key_name(key)
+    if name is None:
+        return False
+    return name == pattern or (
+        not _WILDCARDS.isdisjoint(pattern) and fnmatch.fnmatchcase(name, pattern)
+    )
+
+
+def _framework_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """pmrun's constructor arguments from the framework's config dict (other keys ignored)."""
+    out: dict[str, Any] = {}
+    if config.get("max_size") is not None:
+        out["max_entries"] = config["max_size"]
+    if config.get("max_memory_mb") is not None:
+        mb = config["max_memory_mb"]
+        if isinstance(mb, bool) or not isinstance(mb, int | float) or not mb > 0:
+            raise UsageError(f"max_memory_mb must be a number of MiB above 0, not {mb!r}")
+        out["max_bytes"] = int(mb * _MIB)
+    if "default_ttl" in config:
+        ttl = config["default_ttl"]
+        out["ttl"] = math.inf if ttl is None else ttl
+    return out
 
 
 class SharedPromptCache:
@@ -179,12 +249,12 @@ class SharedPromptCache:
     budget. A child made by ``fork`` gets a working, detached copy.
     """
 
-    _shared: ClassVar[SharedPromptCache | None] = None
+    _instance: ClassVar[SharedPromptCache | None] = None
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
         self,
-        max_bytes: int | str | None = None,
+        max_bytes: int | str | Mapping[str, Any] | None = None,
         ttl: float | None = None,
         pressure_fraction: float | str | None = None,
         *,
@@ -192,7 +262,22 @@ class SharedPromptCache:
         timer: Callable[[], float] = time.monotonic,
         name: str = "prompt-cache",
         auto_attach: bool = True,
+        config: Mapping[str, Any] | None = None,
+        refuse_too_large: bool | None = None,
     ) -> None:
+        if isinstance(max_bytes, Mapping):  # SharedPromptCache(config), the framework's way
+            config, max_bytes = max_bytes, None
+        if config is not None:
+            fw = _framework_settings(config)
+            max_bytes = fw.get("max_bytes", max_bytes)
+            max_entries = fw.get("max_entries", max_entries)
+            ttl = fw.get("ttl", ttl)
+        # The framework's set() answers False instead of raising; a cache built its way does.
+        self._refuse_too_large = (
+            config is not None if refuse_too_large is None else refuse_too_large
+        )
+        self._cleanup_interval = (config or {}).get("cleanup_interval", 60)
+        self._enable_metrics = bool((config or {}).get("enable_metrics", True))
         cfg: Mapping[str, Any] = {}
         if None in (max_bytes, ttl, pressure_fraction, max_entries):
             from .config import load
@@ -217,8 +302,9 @@ class SharedPromptCache:
         self._timer = timer
         self.name = name
 
-        # key -> (value, size in bytes, expiry time, sequence number), least recently used first.
-        self._data: OrderedDict[Hashable, tuple[Any, int, float, int]] = OrderedDict()
+        # key -> (value, size in bytes, expiry time, sequence number, time stored, metadata),
+        # least recently used first.
+        self._data: OrderedDict[Hashable, tuple[Any, int, float, int, float, Any]] = OrderedDict()
         # A min-heap of (expiry time, sequence number, key). An item whose entry was replaced
         # or removed stays until it surfaces or the heap is rebuilt; it holds only the key, so
         # a removed value's memory is freed at once.
@@ -230,6 +316,12 @@ class SharedPromptCache:
         self._evictions = dict.fromkeys(CAUSES, 0)
         self._evicted_bytes = dict.fromkeys(CAUSES, 0)
         self._last_pressure: Freed | None = None
+        # The framework's counters (get_metrics); pmrun's own are the evictions by cause.
+        self._sets = 0
+        self._deletes = 0
+        self._invalidations = 0
+        self._callbacks: list[tuple[str, Callable[[str], Any]]] = []
+        self._running = False
         # Re-entrant: a value freed under the lock may run a __del__ that uses the cache.
         self._lock = threading.RLock()
         self._attach_lock = threading.Lock()
@@ -245,10 +337,30 @@ class SharedPromptCache:
     @classmethod
     def shared(cls) -> SharedPromptCache:
         """The process's common cache, built from the settings on first use."""
+        return cls.get_instance()
+
+    @classmethod
+    def get_instance(cls, config: Mapping[str, Any] | None = None) -> SharedPromptCache:
+        """The process's common cache (the same as :meth:`shared`); ``config``, the
+        framework's dict, is used only by the call that builds it, as in the framework.
+
+        It is built the framework's way: its ``set`` answers False for an entry too large
+        for it rather than raising, since the framework's code does not expect an error.
+        """
         with SharedPromptCache._shared_lock:
-            if SharedPromptCache._shared is None:
-                SharedPromptCache._shared = SharedPromptCache()
-            return SharedPromptCache._shared
+            if SharedPromptCache._instance is None:
+                SharedPromptCache._instance = SharedPromptCache(config=config or {})
+            return SharedPromptCache._instance
+
+    @classmethod
+    def reset_instance(cls) -> None:
+        """Forget the common cache (detached from the coordinator); the next
+        :meth:`get_instance` builds a new one."""
+        with SharedPromptCache._shared_lock:
+            old, SharedPromptCache._instance = SharedPromptCache._instance, None
+        if old is not None:
+            old._running = False
+            old.detach()
 
     # Limits, read-only: a cache is rebuilt, not resized.
     @property
@@ -277,6 +389,33 @@ class SharedPromptCache:
         """Whether the cache is registered with the coordinator."""
         return self._registration is not None
 
+    # The framework's names for the limits.
+    @property
+    def max_size(self) -> int:
+        return self._max_entries
+
+    @property
+    def max_memory_mb(self) -> float:
+        return self._max_bytes / _MIB
+
+    @property
+    def default_ttl(self) -> float | None:
+        return self._ttl if math.isfinite(self._ttl) else None
+
+    @property
+    def cleanup_interval(self) -> Any:
+        """Reported only: expired entries are swept by every call, not by a timer."""
+        return self._cleanup_interval
+
+    @property
+    def enable_metrics(self) -> bool:
+        return self._enable_metrics
+
+    @property
+    def running(self) -> bool:
+        """Between :meth:`start` and :meth:`stop`, as the framework's services are."""
+        return self._running
+
     # The hot path: one lock, one timer call, C-level dict and heap operations.
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The live value stored under ``key`` (now the most recently used), else ``default``."""
@@ -294,11 +433,19 @@ class SharedPromptCache:
             self._misses += 1
             return default
 
-    def set(self, key: Hashable, value: Any, *, ttl: float | None = None) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's ``ttl``).
+    def set(
+        self,
+        key: Hashable,
+        value: Any,
+        ttl: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's ``ttl``),
+        with optional ``metadata`` (shown by :meth:`get_cache_info`); True once stored.
 
-        Evicts least recently used entries until it fits. Raises :class:`CacheValueTooLarge`
-        if the entry alone is larger than ``max_bytes``.
+        Evicts least recently used entries until it fits. An entry larger than ``max_bytes``
+        alone raises :class:`CacheValueTooLarge`, or returns False on a cache built the
+        framework's way (its ``set`` never raises); either way it is not stored.
         """
         size = sizeof(key) + sizeof(value)
         ttl = self._ttl if ttl is None else _positive_seconds(ttl, "ttl")
@@ -310,7 +457,11 @@ class SharedPromptCache:
             if size > self._max_bytes:
                 if old is not None:
                     self._count("capacity", 1, old[1])
-                raise CacheValueTooLarge(key, size, self._max_bytes)
+                error = CacheValueTooLarge(key, size, self._max_bytes)
+                if self._refuse_too_large:
+                    log.warning("%s", error)
+                    return False
+                raise error
             now = self._timer()
             heap = self._expiry
             if heap and heap[0][0] <= now:
@@ -319,11 +470,13 @@ class SharedPromptCache:
                 self._make_room(size)
             seq = next(self._seq)
             expires = now + ttl
-            data[key] = (value, size, expires, seq)
+            data[key] = (value, size, expires, seq, now, dict(metadata) if metadata else None)
             self._bytes += size
+            self._sets += 1
             heapq.heappush(heap, (expires, seq, key))
             if len(heap) > 2 * len(data) + 64:
                 self._rebuild_expiry()
+            return True
 
     def delete(self, key: Hashable) -> bool:
         """Remove ``key``; True if it held a live value."""
@@ -334,6 +487,7 @@ class SharedPromptCache:
             self._bytes -= entry[1]
             live = self._timer() < entry[2]
             self._count("manual" if live else "ttl", 1, entry[1])
+            self._deletes += live
             return live
 
     def clear(self) -> None:
@@ -341,23 +495,60 @@ class SharedPromptCache:
         give the memory back to the OS."""
         with self._lock:
             self._count("manual", len(self._data), self._bytes)
+            self._invalidations += len(self._data)
             self._data.clear()
             self._expiry = []
             self._bytes = 0
 
-    def invalidate(self, prefix: str) -> int:
-        """Remove every entry whose key starts with ``prefix``: a ``str`` key, or a tuple key
-        whose first item is such a ``str`` (as :meth:`memoize` builds). Returns how many."""
+    def invalidate(self, pattern: str | None = None, *, prefix: str | None = None) -> int:
+        """Remove the entries named by ``pattern`` (the framework's rule) or ``prefix``;
+        returns how many.
+
+        ``pattern``: the exact key, or with ``*``, ``?`` or ``[...]`` an :mod:`fnmatch`
+        pattern (``"agent_profile:*"``). ``prefix=``: every key starting with it. Either
+        applies to a ``str`` key, or to the first item of a tuple key (the function name
+        in the keys :meth:`memoize` builds). Callbacks registered with
+        :meth:`register_invalidation_callback` for a matching pattern are then called.
+        """
+        if (pattern is None) == (prefix is None):
+            raise UsageError("invalidate() takes a pattern or prefix=, exactly one of them")
+        if pattern is not None:
+            text: str = pattern
+
+            def doomed_key(k: Hashable) -> bool:
+                return _key_matches(k, text)
+        else:
+            assert prefix is not None
+            start: str = prefix
+
+            def doomed_key(k: Hashable) -> bool:
+                return _key_has_prefix(k, start)
+
         with self._lock:
             self._expire(self._timer())
-            doomed = [k for k in self._data if _key_has_prefix(k, prefix)]
+            doomed = [k for k in self._data if doomed_key(k)]
             freed = 0
             for k in doomed:
                 freed += self._data.pop(k)[1]
             self._bytes -= freed
             self._count("manual", len(doomed), freed)
+            self._invalidations += len(doomed)
             self._maybe_rebuild_expiry()
-            return len(doomed)
+            callbacks = list(self._callbacks)
+        for callback_pattern, callback in callbacks:
+            named = pattern if pattern is not None else f"{prefix}*"
+            if fnmatch.fnmatchcase(named, callback_pattern):
+                try:
+                    callback(named)
+                except Exception as e:  # one failing listener never stops the others
+                    log.error("%s: invalidation callback %r failed: %s", self.name, callback, e)
+        return len(doomed)
+
+    def register_invalidation_callback(self, pattern: str, callback: Callable[[str], Any]) -> None:
+        """Call ``callback(invalidated_pattern)`` after each :meth:`invalidate` whose
+        pattern matches ``pattern`` (fnmatch), as the framework does."""
+        with self._lock:
+            self._callbacks.append((pattern, callback))
 
     def expire(self) -> int:
         """Remove the entries that have expired; returns how many. Every other call does this
@@ -372,6 +563,11 @@ class SharedPromptCache:
         with self._lock:
             entry = self._data.get(key)
             return entry is not None and self._timer() < entry[2]
+
+    def __bool__(self) -> bool:
+        """Always true, empty or not, as the framework's cache object is: its code tests
+        ``if self._cache_instance:`` for "there is a cache". Use ``len()`` for emptiness."""
+        return True
 
     def __len__(self) -> int:
         """The number of live entries."""
@@ -454,6 +650,123 @@ class SharedPromptCache:
                 "last_pressure_eviction": None if last is None else last.as_dict(),
             }
 
+    # The framework's reporting and life cycle.
+    def get_metrics(self) -> dict[str, Any]:
+        """The framework's metrics dict, same keys and units (``size_mb`` is MiB).
+
+        ``evictions`` counts entries dropped for room or on pressure, ``expired_removals``
+        those whose time ran out, ``invalidations`` those removed by :meth:`invalidate`
+        and :meth:`clear`.
+        """
+        with self._lock:
+            self._expire(self._timer())
+            lookups = self._hits + self._misses
+            hit_rate = self._hits / lookups if lookups else 0.0
+            size_mb = self._bytes / _MIB
+            usage = size_mb / self.max_memory_mb * 100
+            return {
+                "hits": self._hits,
+                "misses": self._misses,
+                "hit_rate": hit_rate,
+                "miss_rate": 1.0 - hit_rate,
+                "sets": self._sets,
+                "deletes": self._deletes,
+                "invalidations": self._invalidations,
+                "size_bytes": self._bytes,
+                "size_mb": size_mb,
+                "entry_count": len(self._data),
+                "max_size": self._max_entries,
+                "max_memory_mb": self.max_memory_mb,
+                "evictions": self._evictions["capacity"] + self._evictions["pressure"],
+                "expired_removals": self._evictions["ttl"],
+                "memory_usage_percent": usage,
+                "memory_pressure": usage > 80,
+                "ttl_default": self.default_ttl,
+                "cleanup_interval": self._cleanup_interval,
+            }
+
+    def get_cache_info(self) -> dict[str, Any]:
+        """The framework's per-entry listing. ``access_count`` is None: pmrun does not count
+        uses per entry (it would cost every lookup a write), only hits in total."""
+        with self._lock:
+            now = self._timer()
+            self._expire(now)
+            entries = [
+                {
+                    "key": k,
+                    "age_seconds": now - e[4],
+                    "access_count": None,
+                    "size_bytes": e[1],
+                    "is_expired": False,  # expired entries were just swept
+                    "ttl": round(e[2] - e[4], 6) if math.isfinite(e[2]) else None,
+                    "metadata": dict(e[5]) if e[5] else {},
+                }
+                for k, e in self._data.items()
+            ]
+            return {
+                "total_entries": len(entries),
+                "total_size_bytes": self._bytes,
+                "total_size_mb": self._bytes / _MIB,
+                "entries": entries,
+                "metrics": self.get_metrics(),
+            }
+
+    async def handle_memory_pressure(self, severity: str = "warning") -> dict[str, Any]:
+        """The framework's pressure handler: drop half the cache at ``"warning"``, three
+        quarters at ``"critical"`` (by bytes, least valuable first, then ``malloc_trim``).
+
+        Returns the framework's statistics and pmrun's ``bytes`` and ``rss_drop``.
+        """
+        fraction = SEVERITY_FRACTION.get(severity, SEVERITY_FRACTION["warning"])
+        entries_before, mb_before = len(self._data), self._bytes / _MIB
+        freed = self.evict_fraction(fraction, cause="pressure")
+        mb_after = self._bytes / _MIB
+        return {
+            "entries_before": entries_before,
+            "memory_before_mb": mb_before,
+            "entries_removed": freed.entries,
+            "entries_after": len(self._data),
+            "memory_after_mb": mb_after,
+            "memory_freed_mb": mb_before - mb_after,
+            **freed.as_dict(),
+        }
+
+    async def health_check(self) -> Health:
+        """The framework's service health check, without touching the entries (its own
+        stores, reads and deletes a test entry, which could evict a real one)."""
+        checks = {"running": self._running}
+        locked = self._lock.acquire(timeout=1.0)
+        checks["cache_operations"] = locked
+        if locked:
+            try:
+                checks["memory_usage_ok"] = self._bytes < self._max_bytes
+                checks["cache_size_ok"] = len(self._data) <= self._max_entries
+            finally:
+                self._lock.release()
+        if not self._running:
+            status, message = "unhealthy", "Service is not running"
+        elif all(checks.values()):
+            status, message = "healthy", "All health checks passed"
+        else:
+            status, message = "degraded", "Some health checks failed"
+        return Health(status, message, datetime.now().isoformat(), {}, checks)
+
+    async def start(self) -> None:
+        """Mark the cache running and attach it to the coordinator under pmrun
+        (``PMRUN_SOCKET`` set); the framework starts its services this way."""
+        self._running = True
+        if os.environ.get("PMRUN_SOCKET") and not self.attached:
+            try:
+                self.attach()
+            except Exception as e:
+                log.debug("%s: not attached to the coordinator: %s", self.name, e)
+
+    async def stop(self) -> None:
+        """As the framework's stop: detach and drop every entry."""
+        self._running = False
+        self.detach()
+        self.clear()
+
     @overload
     def memoize(self, func: Callable[P, R], /) -> Callable[P, R]: ...
 
@@ -481,7 +794,7 @@ class SharedPromptCache:
 
         Results are stored under ``(prefix, args, sorted kwargs)``, or ``(prefix, key(*args,
         **kwargs))`` when ``key`` is given; ``prefix`` defaults to the function's
-        ``module.qualname``, so ``cache.invalidate(prefix)`` drops its results. Arguments must
+        ``module.qualname``, so ``cache.invalidate(prefix)`` (that exact name) drops its results. Arguments must
         be hashable (or reduced to a hashable by ``key``). A result larger than the budget is
         returned without being cached. Two threads missing at once both call the function.
         """
@@ -612,6 +925,49 @@ class SharedPromptCache:
             f"<SharedPromptCache {self.name!r}: {len(self._data)} entries, "
             f"{format_size(self._bytes)} of {format_size(self._max_bytes)}, {state}>"
         )
+
+
+def get_shared_cache() -> SharedPromptCache:
+    """The process's common cache (the framework's helper)."""
+    return SharedPromptCache.get_instance()
+
+
+def configure_shared_cache(config: Mapping[str, Any]) -> SharedPromptCache:
+    """The common cache, built from the framework's config dict if it does not exist yet."""
+    return SharedPromptCache.get_instance(config)
+
+
+def cache_result(
+    key_pattern: str, ttl: float | None = None, namespace: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """The framework's decorator: cache a function's result in the common cache under
+    ``key_pattern.format(**kwargs, args_hash=...)`` (``namespace:`` in front if given).
+
+    As in the framework, a ``None`` result is never served from the cache; a result too
+    large for the cache is returned uncached.
+    """
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            digest = hashlib.md5(str(args).encode(), usedforsecurity=False).hexdigest()[:8]
+            key = key_pattern.format(**kwargs, args_hash=digest)
+            if namespace:
+                key = f"{namespace}:{key}"
+            cache = SharedPromptCache.get_instance()
+            result = cache.get(key)
+            if result is not None:
+                return result
+            result = fn(*args, **kwargs)
+            try:
+                cache.set(key, result, ttl=ttl)
+            except CacheValueTooLarge as e:
+                log.debug("%s", e)
+            return result
+
+        return wrapper
+
+    return decorate
 
 
 def _close_quietly(handle: Any) -> None:

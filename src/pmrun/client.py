@@ -34,7 +34,6 @@ After ``fork()`` the child has no registrations: register again there if needed.
 from __future__ import annotations
 
 import collections
-import gc
 import logging
 import os
 import queue
@@ -614,37 +613,16 @@ def register_cleanup(
 
 
 def heap_summary(limit: int = 20, budget_s: float = HEAP_BUDGET_S) -> dict[str, Any]:
-    """This process's biggest object types (gc-tracked objects) and, if traced, allocation sites.
+    """This process's biggest object types and, if traced, allocation sites.
 
-    Bounded: the walk stops after ``budget_s`` (``truncated``). Sizes are ``sys.getsizeof``
-    of each object alone, not what it refers to.
+    See :func:`pmrun.diagnostics.heap.count_types` for what is counted (gc-tracked objects
+    and the strings, bytes and numbers they hold). Bounded: the walk stops after
+    ``budget_s`` (``truncated``).
     """
+    from .diagnostics.heap import count_types
+
     t0 = time.monotonic()
-    counts: dict[type, int] = {}
-    sizes: dict[type, int] = {}
-    objects = gc.get_objects()
-    seen, truncated = 0, False
-    for i, obj in enumerate(objects):
-        t = type(obj)
-        counts[t] = counts.get(t, 0) + 1
-        try:
-            sizes[t] = sizes.get(t, 0) + sys.getsizeof(obj)
-        except Exception:  # a broken __sizeof__
-            pass
-        seen = i + 1
-        if not i & 0x3FFF and time.monotonic() - t0 > budget_s:
-            truncated = seen < len(objects)
-            break
-    del objects
-    top = sorted(counts, key=lambda t: (sizes.get(t, 0), counts[t]), reverse=True)[:limit]
-    types = [
-        {
-            "type": f"{t.__module__}.{t.__qualname__}"[:200],
-            "count": counts[t],
-            "bytes": sizes.get(t, 0),
-        }
-        for t in top
-    ]
+    counted = count_types(limit, budget_s)
     sites: list[dict[str, Any]] = []
     tracing = False
     if "tracemalloc" in sys.modules:
@@ -664,10 +642,8 @@ def heap_summary(limit: int = 20, budget_s: float = HEAP_BUDGET_S) -> dict[str, 
     return {
         "pid": os.getpid(),
         "rss_bytes": _rss(),
-        "objects": seen,
-        "types": types,
+        **counted,
         "tracemalloc": tracing,
         "sites": sites,
-        "truncated": truncated,
         "seconds": round(time.monotonic() - t0, 4),
     }

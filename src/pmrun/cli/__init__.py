@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "gc": "pmrun.cli.cgroup:gc_command",
     "completion": "pmrun.cli.completion:completion_command",
     "shim": "pmrun.cli.shim:shim_command",
+    "claude-pm": "pmrun.cli.claude_pm:claude_pm_command",
 }
 
 # Click's completion scripts call `pmrun` with this variable set (and no arguments).

@@ -3,12 +3,17 @@
 Any agent gets a per-process breakdown from ``/proc/PID/smaps_rollup`` (RSS, PSS, USS and
 swap): PSS splits a shared page among its sharers, USS is what only that process holds and
 would free on exit. Python services in the agent (``pmrun.client``) also answer a ``heap``
-request with their biggest object types and, under ``pmrun --trace-heap``, their biggest
-allocation sites; :func:`heap_lines` turns those answers into text.
+request with their biggest object types (:func:`count_types`) and, under
+``pmrun --trace-heap``, their biggest allocation sites; :func:`answer_lines` turns those
+answers into text.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -145,6 +150,101 @@ def table_lines(rows: list[list[str]]) -> list[str]:
     return out
 
 
+COUNTED = "gc+referents"  # what count_types counts, as a heap answer says in "counted"
+
+
+_CONTAINERS = frozenset({dict, list, tuple, set, frozenset})  # where caches keep their atoms
+_ATOM_HOLDERS = (tuple, dict, frozenset)  # untracked only while holding nothing but atoms
+
+
+def count_types(
+    limit: int = 20, budget_s: float = 4.0, clock: Callable[[], float] = time.monotonic
+) -> dict[str, Any]:
+    """The biggest object types of this process: count and bytes (``sys.getsizeof`` of each
+    object alone), ``limit`` types, walking for at most ``budget_s``.
+
+    The garbage collector tracks only containers, so ``gc.get_objects()`` alone misses
+    every ``str``, ``bytes``, ``int`` and ``float`` (and tuples and dicts of only those,
+    which it stops tracking): a prompt cache holding 50 MB of strings was invisible. So
+    after the tracked objects, the untracked objects they refer to are counted too, each
+    once (by identity): first those held by dicts, lists, tuples and sets, then by
+    everything else, for as long as the budget lasts (``untracked_complete`` says whether it
+    did). Memory outside Python objects is not seen: ``--trace-heap`` and RSS show it.
+    """
+    t0 = clock()
+    counts: dict[type, int] = {}
+    sizes: dict[type, int] = {}
+    getsizeof = sys.getsizeof
+
+    def add(obj: object) -> None:
+        t = type(obj)
+        counts[t] = counts.get(t, 0) + 1
+        try:
+            sizes[t] = sizes.get(t, 0) + getsizeof(obj)
+        except Exception:  # a broken __sizeof__
+            pass
+
+    objects = gc.get_objects()
+    walked, truncated = 0, False
+    for i, obj in enumerate(objects):
+        add(obj)
+        walked = i + 1
+        if not i & 0x3FFF and clock() - t0 > budget_s:
+            truncated = walked < len(objects)
+            break
+    complete = not truncated and _count_untracked(objects, add, t0, budget_s, clock)
+    del objects
+    top = sorted(counts, key=lambda t: (sizes.get(t, 0), counts[t]), reverse=True)[:limit]
+    types = [
+        {
+            "type": f"{t.__module__}.{t.__qualname__}"[:200],
+            "count": counts[t],
+            "bytes": sizes.get(t, 0),
+        }
+        for t in top
+    ]
+    return {
+        "objects": walked,
+        "types": types,
+        "truncated": truncated,
+        "counted": COUNTED,
+        "untracked_complete": complete,
+    }
+
+
+def _count_untracked(
+    objects: list[Any],
+    add: Callable[[object], None],
+    t0: float,
+    budget_s: float,
+    clock: Callable[[], float],
+) -> bool:
+    """Count the untracked referents of ``objects``; False if the budget ran out first."""
+    get_referents, is_tracked = gc.get_referents, gc.is_tracked
+    seen: set[int] = set()
+    n = 0
+    for containers_first in (True, False):
+        for obj in objects:
+            if (type(obj) in _CONTAINERS) is not containers_first:
+                continue
+            stack = list(get_referents(obj))
+            while stack:
+                ref = stack.pop()
+                if is_tracked(ref) or id(ref) in seen or isinstance(ref, type):
+                    continue
+                seen.add(id(ref))
+                add(ref)
+                if isinstance(ref, _ATOM_HOLDERS):
+                    stack.extend(get_referents(ref))
+                n += 1
+                if not n & 0xFFF and clock() - t0 > budget_s:
+                    return False  # one huge list of strings stops here too
+            n += 1
+            if not n & 0x3FF and clock() - t0 > budget_s:
+                return False
+    return True
+
+
 def answer_lines(answer: dict[str, Any]) -> list[str]:
     """A Python service process's ``heap`` answer (see ``pmrun.client.heap_summary``) as text."""
     services = ", ".join(str(s) for s in answer.get("services") or []) or "?"
@@ -163,7 +263,13 @@ def answer_lines(answer: dict[str, Any]) -> list[str]:
             [format_size(t.get("bytes", 0)), str(t.get("type", "?")), f"{t.get('count', 0):,}"]
             for t in types
         ]
-        lines += ["  biggest object types (each object alone, not what it refers to):"]
+        if answer.get("counted") == COUNTED:
+            what = "each object alone; str, bytes and numbers in containers included"
+            if answer.get("untracked_complete") is False:
+                what += ", in part: time budget"
+        else:  # a service of an older pmrun walked gc-tracked objects only
+            what = "gc-tracked containers only: str, bytes and numbers NOT counted"
+        lines += [f"  biggest object types ({what}):"]
         lines += ["    " + line for line in table_lines(rows)]
     sites = answer.get("sites") or []
     if sites:
