@@ -320,3 +320,14 @@ def test_ensure_coordinator_takes_a_full_backlog_for_a_busy_coordinator(tmp_path
         for c in queued:
             c.close()
         server.close()
+
+
+def test_an_agent_that_cannot_be_registered_is_said_once_and_the_link_ends(fake):
+    said: list[str] = []
+    bad = dict(info(), agent_id="i" * (p.MAX_AGENT_ID + 1))  # what no register may carry
+    link = AgentLink(fake.path, bad, lambda r, d: None, say=said.append, backoff_s=(0.01, 0.02))
+    link.start()
+    wait_until(lambda: link._finished.is_set(), 10, "the link gives up")
+    assert len(said) == 1 and "not in the pool" in said[0] and link.refused
+    assert not fake.of(p.Register)
+    link.close()

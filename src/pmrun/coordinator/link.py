@@ -6,7 +6,8 @@ the code that starts a daemon lives in :mod:`.spawn` and is imported only when n
 
 Nothing here ever raises into the launcher or kills anything: if the coordinator goes
 away, the link retries with backoff and registers again when one answers; the launcher
-keeps enforcing its own limits meanwhile.
+keeps enforcing its own limits meanwhile. A coordinator that *refuses* the registration
+would refuse it again: the link says so once on stderr and gives up.
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ log = _LazyLog()
 
 _PEERCRED = struct.Struct("3i")
 MIB = 1 << 20
+# Error codes that answer a register for what it is, not for the coordinator's load:
+# sending the same frame again would be refused again.
+REFUSALS = ("bad-frame", "too-large", "forbidden", "unknown-type", "bad-version")
+
+
+class _Refused(Exception):
+    """The coordinator refused this agent (or the agent cannot be put in a register)."""
+
+
+def say_on_stderr(line: str) -> None:
+    """One line on fd 2, as the launcher writes its own; a closed stderr is not an error."""
+    try:
+        os.write(2, f"pmrun: warning: {line}\n".encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def peer_uid_ok(sock: socket.socket) -> bool:
@@ -103,6 +119,22 @@ def ensure_coordinator(socket_path: str) -> bool:
     return False
 
 
+def _deregister_frame(report: dict[str, Any]) -> bytes:
+    """The deregister with ``report``; its command line cut as a register's, if it must be."""
+    try:
+        return p.encode(p.Deregister(report=report))
+    except PmrunError:
+        pass
+    command = report.get("command")
+    if isinstance(command, list):
+        try:
+            shown = p.shown_argv([str(a) for a in command])
+            return p.encode(p.Deregister(report={**report, "command": shown}))
+        except PmrunError:
+            pass
+    return p.encode(p.Deregister(report={"error": "report not encodable"}))
+
+
 class AgentLink:
     """Keeps one agent registered with the coordinator, from a daemon thread.
 
@@ -123,8 +155,10 @@ class AgentLink:
         min_interval_s: float = 0.02,
         backoff_s: tuple[float, float] = (0.1, 2.0),
         send_timeout_s: float = 2.0,
+        say: Callable[[str], None] = say_on_stderr,
     ) -> None:
         self.socket_path = socket_path
+        self.say = say
         self.info = dict(info)
         self.on_stop = on_stop
         self.heartbeat_s = heartbeat_s
@@ -147,6 +181,8 @@ class AgentLink:
         self._thread = threading.Thread(target=self._run, name="pmrun-link", daemon=True)
         self.registrations = 0  # successful registrations (1, then one per reconnect)
         self.stop_reason: str | None = None
+        self.refused: str | None = None  # why the coordinator refused this agent, once it did
+        self._acked = False  # the coordinator answered ok to the current connection's register
 
     def __repr__(self) -> str:
         state = "connected" if self._sent_rss is not None else "not connected"
@@ -188,10 +224,7 @@ class AgentLink:
 
     def close(self, report: dict[str, Any] | None = None, *, timeout_s: float = 0.5) -> None:
         """Deregister with the exit ``report`` (waiting at most ``timeout_s``), then stop."""
-        try:
-            self._deregister = p.encode(p.Deregister(report=report or {}))
-        except PmrunError:
-            self._deregister = p.encode(p.Deregister(report={"error": "report not encodable"}))
+        self._deregister = _deregister_frame(report or {})
         if threading.current_thread() is self._thread:  # from on_stop: no one else to do it
             self._send_deregister_here(timeout_s)
         elif self._thread.is_alive():
@@ -240,7 +273,10 @@ class AgentLink:
             while not self._quit and not self._finished.is_set():
                 try:
                     sock = connect(self.socket_path, timeout_s=self.send_timeout_s)
-                except (OSError, SocketSecurityError) as e:
+                except SocketSecurityError as e:
+                    self._refuse(str(e))
+                    break
+                except OSError as e:
                     if self._deregister is not None:
                         break  # exiting and no coordinator: nothing to deregister from
                     log.debug("coordinator not reachable at %s: %s", self.socket_path, e)
@@ -251,6 +287,8 @@ class AgentLink:
                 connected_at = time.monotonic()
                 try:
                     self._serve(sock)
+                except _Refused:
+                    break
                 except (OSError, PmrunError) as e:
                     log.debug("coordinator connection lost: %s", e)
                 finally:
@@ -274,33 +312,50 @@ class AgentLink:
                     os.close(self._wake_r)
                     os.close(self._wake_w)
 
+    def _refuse(self, why: str) -> None:
+        """Say once that this agent is not in the pool, and stop trying."""
+        if self.refused is None:
+            self.refused = why
+            self.say(
+                f"the coordinator on {self.socket_path} refused this agent ({why}): it is not "
+                "in the pool; enforcing its own limits only"
+            )
+        self._quit = True
+
     def _register_frame(self) -> bytes:
+        """The register; what is only shown (argv, name) is cut by the protocol to fit."""
         rss, peak, pids, state = self._latest
         i = self.info
-        return p.encode(
-            p.Register(
-                agent_id=str(i["agent_id"]),
-                name=str(i.get("name", "")),
-                launcher_pid=int(i.get("launcher_pid", os.getpid())),
-                child_pid=int(i.get("child_pid", 0)),
-                uid=int(i.get("uid", os.geteuid())),
-                argv=[str(a) for a in i.get("argv", [])],
-                max_rss=i.get("max_rss"),
-                warn_rss=i.get("warn_rss"),
-                priority=int(i.get("priority", 0)),
-                backend=dict(i.get("backend") or {}),
-                started=float(i.get("started", time.time())),
-                rss=rss,
-                peak=peak,
-                pids=[list(x) for x in pids[: p.MAX_PIDS]],
-                state=state,
+        try:
+            return p.encode(
+                p.Register(
+                    agent_id=str(i["agent_id"]),
+                    name=str(i.get("name", "")),
+                    launcher_pid=int(i.get("launcher_pid", os.getpid())),
+                    child_pid=int(i.get("child_pid", 0)),
+                    uid=int(i.get("uid", os.geteuid())),
+                    argv=[str(a) for a in i.get("argv", [])],
+                    max_rss=i.get("max_rss"),
+                    warn_rss=i.get("warn_rss"),
+                    priority=int(i.get("priority", 0)),
+                    backend=dict(i.get("backend") or {}),
+                    started=float(i.get("started", time.time())),
+                    rss=rss,
+                    peak=peak,
+                    pids=[list(x) for x in pids[: p.MAX_PIDS]],
+                    state=state,
+                )
             )
-        )
+        except (PmrunError, TypeError, ValueError, OverflowError) as e:
+            self._refuse(f"it cannot be registered: {e}")
+            raise _Refused(str(e)) from None
 
     def _serve(self, sock: socket.socket) -> None:
         buf = p.FrameBuffer(p.MAX_REPLY_FRAME)
         sock.settimeout(self.send_timeout_s)
-        sock.sendall(self._register_frame())
+        frame = self._register_frame()
+        self._acked = False
+        sock.sendall(frame)
         rss, _, _, state = self._latest
         self._sent_rss, self._sent_state = rss, state
         self.registrations += 1
@@ -350,10 +405,13 @@ class AgentLink:
                 self.on_stop(msg.reason, msg.detail)
             except Exception:
                 log.exception("on_stop failed")
+        elif isinstance(msg, p.Ok) and msg.of == "register":
+            self._acked = True
         elif isinstance(msg, p.Error):
             log.debug("coordinator: %s: %s", msg.code, msg.message)
-            if msg.code == "forbidden":
-                raise SocketSecurityError(msg.message)
+            if msg.code == "forbidden" or (not self._acked and msg.code in REFUSALS):
+                self._refuse(f"{msg.code}: {msg.message}")
+                raise _Refused(msg.message)
 
     def _send_deregister_here(self, timeout_s: float, buf: p.FrameBuffer | None = None) -> None:
         """Send the deregister frame and wait for its ``ok`` (from the link thread)."""
