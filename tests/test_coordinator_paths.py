@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pmrun.coordinator import paths
-from pmrun.coordinator.server import AlreadyRunning, acquire_lock, bind_socket
+from pmrun.coordinator.endpoint import AlreadyRunning, acquire_lock, bind_socket
 from pmrun.errors import SocketSecurityError, UsageError
 
 

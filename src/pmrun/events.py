@@ -75,6 +75,19 @@ class EventLog:
                 log.warning("event log %s is writable again", self.path)
         return event
 
+    def reopen_if_moved(self) -> None:
+        """Write to the file at ``path`` again if ours was deleted or replaced (a /tmp
+        cleaner): events written to an unlinked file would never be read."""
+        if self._fd is None:
+            return
+        try:
+            st, now = os.fstat(self._fd), os.stat(self.path)
+            if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                return
+        except OSError:
+            pass
+        self._reset()
+
     def _reset(self) -> None:
         if self._fd is not None:
             try:

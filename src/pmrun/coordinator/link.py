@@ -95,8 +95,10 @@ def ensure_coordinator(socket_path: str) -> bool:
 
     Costs one ``connect`` when a coordinator answers. The daemon started here holds a lock
     next to the socket, so launchers racing here start at most one coordinator (the others
-    exit quietly). Does not wait for the new daemon to be ready. Raises
-    :class:`~pmrun.errors.SocketSecurityError` if the socket's directory is not safely ours.
+    exit quietly). None is started while the lock is held: a coordinator is starting, or
+    its socket was deleted and it is binding it again. Does not wait for the new daemon to
+    be ready. Raises :class:`~pmrun.errors.SocketSecurityError` if the socket's directory
+    is not safely ours.
     """
     try:
         connect(socket_path, timeout_s=0.5).close()
@@ -113,10 +115,20 @@ def ensure_coordinator(socket_path: str) -> bool:
             raise SocketSecurityError(
                 f"cannot use the socket {socket_path}: {e.strerror}"
             ) from None
+    start_unless_locked(socket_path)
+    return False
+
+
+def start_unless_locked(socket_path: str) -> bool:
+    """Start a detached coordinator unless one holds the socket's lock; True if started."""
+    from .endpoint import lock_held
+
+    if lock_held(socket_path):
+        return False
     from .spawn import spawn_coordinator
 
     spawn_coordinator(socket_path)
-    return False
+    return True
 
 
 def _deregister_frame(report: dict[str, Any]) -> bytes:
@@ -142,7 +154,9 @@ class AgentLink:
     ``max_rss``, ``warn_rss``, ``priority``, ``backend`` (dict), ``started`` (unix time).
     ``on_stop(reason, detail)`` runs in the link thread when the coordinator orders the
     agent stopped (reason ``pool`` or ``system-pressure``); it should only tell the
-    launcher to stop, not stop the tree itself.
+    launcher to stop, not stop the tree itself. When no coordinator has answered for
+    ``respawn_after_s``, the link starts one (:func:`start_unless_locked`: the lock lets
+    exactly one of the launchers that try it serve).
     """
 
     def __init__(
@@ -156,9 +170,13 @@ class AgentLink:
         backoff_s: tuple[float, float] = (0.1, 2.0),
         send_timeout_s: float = 2.0,
         say: Callable[[str], None] = say_on_stderr,
+        respawn_after_s: float | None = 3.0,
     ) -> None:
         self.socket_path = socket_path
         self.say = say
+        # Nobody answering for this long (after a SIGKILL, say): start a coordinator. Not at
+        # once, so that a supervisor or a person restarting it gets the lock first.
+        self.respawn_after_s = respawn_after_s
         self.info = dict(info)
         self.on_stop = on_stop
         self.heartbeat_s = heartbeat_s
@@ -267,8 +285,25 @@ class AgentLink:
         if r:
             self._drain_pipe()
 
+    def _maybe_respawn(self, error: OSError, unreachable_since: float) -> float:
+        """Start a coordinator if none has answered for ``respawn_after_s``; returns the time
+        to count the next attempt from."""
+        now = time.monotonic()
+        after = self.respawn_after_s
+        if after is None or now - unreachable_since < after:
+            return unreachable_since
+        if error.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+            return unreachable_since  # something else is wrong: starting one would not help
+        try:
+            if start_unless_locked(self.socket_path):
+                log.debug("no coordinator on %s for %.1f s: started one", self.socket_path, after)
+        except (OSError, PmrunError) as e:
+            log.debug("cannot start a coordinator on %s: %s", self.socket_path, e)
+        return now  # the next attempt another respawn_after_s from now
+
     def _run(self) -> None:
         delay = self.backoff_s[0]
+        unreachable_since = time.monotonic()
         try:
             while not self._quit and not self._finished.is_set():
                 try:
@@ -280,6 +315,7 @@ class AgentLink:
                     if self._deregister is not None:
                         break  # exiting and no coordinator: nothing to deregister from
                     log.debug("coordinator not reachable at %s: %s", self.socket_path, e)
+                    unreachable_since = self._maybe_respawn(e, unreachable_since)
                     self._sleep(delay)
                     delay = min(delay * 2, self.backoff_s[1])
                     continue
@@ -295,6 +331,7 @@ class AgentLink:
                     self._sock = None
                     self._sent_rss = None
                     sock.close()
+                    unreachable_since = time.monotonic()
                 # A connection that lasted (a coordinator that went away) is retried at
                 # once; one refused or dropped at once backs off like a failed connect.
                 if time.monotonic() - connected_at > 1.0:
