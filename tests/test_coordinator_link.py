@@ -342,3 +342,18 @@ def test_an_agent_that_cannot_be_registered_is_said_once_and_the_link_ends(fake)
     assert len(said) == 1 and "not in the pool" in said[0] and link.refused
     assert not fake.of(p.Register)
     link.close()
+
+
+def test_a_link_that_never_registers_says_so_once_and_keeps_trying(sockdir):  # noqa: F811
+    said: list[str] = []
+    link = AgentLink(str(sockdir / "nobody.sock"), info(), lambda r, d: None, say=said.append,
+                     backoff_s=(0.01, 0.02), respawn_after_s=None, warn_after_s=0.1)  # fmt: skip
+    link.start()
+    try:
+        wait_until(lambda: said, 10, "the link says it is not in the pool")
+        count = link._thread.is_alive() and len(said)
+        wait_until(lambda: link._thread.is_alive(), 1, "still trying")
+    finally:
+        link.close()
+    assert count == 1 and "not in the pool yet" in said[0] and "coordinator.log" in said[0]
+    assert len(said) == 1

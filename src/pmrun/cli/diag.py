@@ -68,7 +68,8 @@ def status_command(socket_path: str | None, as_json: bool) -> None:
 
     Without a coordinator it shows what it can measure itself and says so.
 
-    Exit status: 0 (also without a coordinator), 1 the coordinator refused or failed.
+    Exit status: 0 (also without a coordinator), 1 the coordinator refused, failed or
+    cannot be reached (permission denied, hung), or the socket path is not a socket.
     """
     from ..diagnostics import status
 

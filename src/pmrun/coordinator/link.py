@@ -171,12 +171,16 @@ class AgentLink:
         send_timeout_s: float = 2.0,
         say: Callable[[str], None] = say_on_stderr,
         respawn_after_s: float | None = 3.0,
+        warn_after_s: float | None = 10.0,
     ) -> None:
         self.socket_path = socket_path
         self.say = say
         # Nobody answering for this long (after a SIGKILL, say): start a coordinator. Not at
         # once, so that a supervisor or a person restarting it gets the lock first.
         self.respawn_after_s = respawn_after_s
+        # Never registered after this long (a coordinator that cannot start): say so once.
+        self.warn_after_s = warn_after_s
+        self._warned_unreachable = False
         self.info = dict(info)
         self.on_stop = on_stop
         self.heartbeat_s = heartbeat_s
@@ -301,9 +305,24 @@ class AgentLink:
             log.debug("cannot start a coordinator on %s: %s", self.socket_path, e)
         return now  # the next attempt another respawn_after_s from now
 
+    def _maybe_warn(self, started: float, error: OSError) -> None:
+        after = self.warn_after_s
+        if self.registrations or self._warned_unreachable or after is None:
+            return
+        if time.monotonic() - started < after:
+            return
+        self._warned_unreachable = True
+        from .paths import log_path
+
+        self.say(
+            f"no coordinator answers on {self.socket_path} after {after:g} s "
+            f"({error.strerror or error}; its log: {log_path(self.socket_path)}): this agent "
+            "is not in the pool yet, still trying"
+        )
+
     def _run(self) -> None:
         delay = self.backoff_s[0]
-        unreachable_since = time.monotonic()
+        started = unreachable_since = time.monotonic()
         try:
             while not self._quit and not self._finished.is_set():
                 try:
@@ -316,6 +335,7 @@ class AgentLink:
                         break  # exiting and no coordinator: nothing to deregister from
                     log.debug("coordinator not reachable at %s: %s", self.socket_path, e)
                     unreachable_since = self._maybe_respawn(e, unreachable_since)
+                    self._maybe_warn(started, e)
                     self._sleep(delay)
                     delay = min(delay * 2, self.backoff_s[1])
                     continue
