@@ -400,8 +400,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def find_project_config(start: Path | str | None = None) -> tuple[Path, dict[str, Any]] | None:
-    """Return the nearest project config (path, tables) from ``start`` upwards, if any."""
-    folder = os.path.realpath(start if start is not None else os.getcwd())
+    """Return the nearest project config (path, tables) from ``start`` upwards, if any.
+
+    A deleted working directory has no project. A ``pyproject.toml`` that cannot be read is
+    passed over: most do not configure pmrun, and pmrun must not fail a command over
+    someone else's file; an unreadable ``pmrun.toml`` is an error (it is pmrun's own).
+    """
+    if start is None:
+        try:
+            start = os.getcwd()
+        except OSError:  # the working directory was deleted (or cannot be reached)
+            return None
+    folder = os.path.realpath(start)
     while True:
         candidate = os.path.join(folder, "pmrun.toml")
         if os.path.isfile(candidate):
@@ -410,8 +420,11 @@ def find_project_config(start: Path | str | None = None) -> tuple[Path, dict[str
         if os.path.isfile(pyproject):
             # Only stop at a pyproject.toml that configures pmrun: a project may
             # keep pmrun.toml beside a pyproject that does not mention it.
-            with open(pyproject, "rb") as f:
-                head = f.read()
+            try:
+                with open(pyproject, "rb") as f:
+                    head = f.read()
+            except OSError:
+                head = b""
             if b"tool.pmrun" in head:
                 tool = _read_toml(_path(pyproject)).get("tool", {})
                 if isinstance(tool, dict) and isinstance(tool.get("pmrun"), dict):

@@ -29,8 +29,32 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class OneLineUsageError(click.ClickException):
+    """A click usage error shown as pmrun shows every error: one line, and where to look."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        super().__init__(error.format_message())
+        self.command_path = error.ctx.command_path if error.ctx is not None else "pmrun"
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"pmrun: error: {self.message} (see {self.command_path} --help)", err=True)
+
+
 class LazyGroup(click.Group):
-    """Imports a subcommand's module only when that subcommand runs or is listed."""
+    """Imports a subcommand's module only when that subcommand runs or is listed.
+
+    Usage errors (a bad option, a value out of range) are one line on stderr, exit 2,
+    instead of click's usage block."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise OneLineUsageError(e) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

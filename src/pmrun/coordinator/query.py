@@ -20,7 +20,7 @@ from ..errors import CoordinatorUnavailable, PmrunError, SocketSecurityError
 from . import protocol as p
 from .endpoint import lock_held, lock_holder
 from .link import connect
-from .paths import lock_path, resolve_socket_path
+from .paths import lock_path, resolve_socket_path, shown
 
 _ids = itertools.count(1)
 # A coordinator whose socket a /tmp cleaner deleted binds it again within its
@@ -42,27 +42,29 @@ def _connect(path: str, timeout_s: float) -> socket.socket:
             raise
         except (TimeoutError, BlockingIOError):
             raise CoordinatorUnavailable(
-                f"the coordinator on {path} does not accept connections (hung or overloaded)"
+                f"the coordinator on {shown(path)} does not accept connections (hung or overloaded)"
             ) from None
         except OSError as e:
             code = e.errno
             if code in (errno.EACCES, errno.EPERM):
                 raise CoordinatorUnavailable(
-                    f"permission denied on {path}: the socket or its directory is not yours "
+                    f"permission denied on {shown(path)}: the socket or its directory is not yours "
                     "(choose your own with --socket or PMRUN_SOCKET)"
                 ) from None
             if code not in (errno.ENOENT, errno.ECONNREFUSED):
-                raise CoordinatorUnavailable(f"cannot reach {path}: {e.strerror or e}") from None
+                raise CoordinatorUnavailable(
+                    f"cannot reach {shown(path)}: {e.strerror or e}"
+                ) from None
             if not lock_held(path):
                 raise NotRunning(
-                    f"no coordinator answers on {path} (none runs); start one with "
+                    f"no coordinator answers on {shown(path)} (none runs); start one with "
                     "`pmrun coordinator` or run an agent with `pmrun -- CMD`"
                 ) from None
             if time.monotonic() >= deadline:
                 pid = lock_holder(path)
                 raise CoordinatorUnavailable(
-                    f"a coordinator (pid {pid or '?'}) holds {lock_path(path)} but does not "
-                    f"serve {path}: it is starting, or hung"
+                    f"a coordinator (pid {pid or '?'}) holds {shown(lock_path(path))} but does not "
+                    f"serve {shown(path)}: it is starting, or hung"
                 ) from None
             time.sleep(0.05)  # its socket was deleted: it binds it again within a second
 
@@ -83,7 +85,9 @@ def request(socket_path: str | None, msg: p.Message, *, timeout_s: float = 5.0) 
             except TimeoutError:
                 break
             if not data:
-                raise CoordinatorUnavailable(f"the coordinator on {path} closed the connection")
+                raise CoordinatorUnavailable(
+                    f"the coordinator on {shown(path)} closed the connection"
+                )
             for frame in buf.feed(data):
                 answer = p.decode(frame, p.MAX_REPLY_FRAME)
                 if getattr(answer, "id", None) not in (want, None):
@@ -92,11 +96,11 @@ def request(socket_path: str | None, msg: p.Message, *, timeout_s: float = 5.0) 
                     raise PmrunError(f"coordinator: {answer.message}")
                 return answer
     except OSError as e:
-        raise CoordinatorUnavailable(f"lost the coordinator on {path}: {e}") from None
+        raise CoordinatorUnavailable(f"lost the coordinator on {shown(path)}: {e}") from None
     finally:
         sock.close()
     raise CoordinatorUnavailable(
-        f"the coordinator on {path} accepted but did not answer in {timeout_s:g} s (hung?)"
+        f"the coordinator on {shown(path)} accepted but did not answer in {timeout_s:g} s (hung?)"
     )
 
 
