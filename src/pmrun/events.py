@@ -13,6 +13,7 @@ reader skips lines it cannot parse (a torn last line after a crash).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -39,8 +40,15 @@ class EventLog:
 
     def _open(self) -> int:
         if self._fd is None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-            self._fd = os.open(self.path, flags, 0o600)
+            from .coordinator.paths import open_private
+            from .errors import PmrunError
+
+            try:  # ours, no symlink, no hang on a FIFO without a reader
+                self._fd = open_private(
+                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, devices=True
+                )
+            except PmrunError as e:
+                raise OSError(errno.EPERM, str(e)) from None
         return self._fd
 
     def write(self, kind: str, level: str = "info", /, **fields: Any) -> dict[str, Any]:

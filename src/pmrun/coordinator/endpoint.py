@@ -11,7 +11,6 @@ not start a second coordinator that exits at once.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import socket
@@ -45,19 +44,11 @@ def acquire_lock(socket_path: str, wait_s: float = LOCK_WAIT_S) -> int:
     our open and our flock would let a second coordinator lock a new file there.
     """
     lock = paths.lock_path(socket_path)
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     deadline = time.monotonic() + wait_s
     while True:
-        try:
-            fd = os.open(lock, flags, 0o600)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise SocketSecurityError(f"{lock} is a symlink") from None
-            raise
+        fd = paths.open_private(lock, os.O_RDWR | os.O_CREAT)  # ours, regular, no symlink
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise SocketSecurityError(f"{lock} is not a regular file: remove it")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
@@ -76,10 +67,13 @@ def acquire_lock(socket_path: str, wait_s: float = LOCK_WAIT_S) -> int:
     return fd
 
 
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a planted FIFO: no hang
+
+
 def lock_held(socket_path: str) -> bool:
     """Whether a coordinator (running or starting) holds the lock of ``socket_path``."""
     try:
-        fd = os.open(paths.lock_path(socket_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(paths.lock_path(socket_path), _READ)
     except OSError:
         return False  # no lock file (or one we may not use): nobody holds it
     try:
@@ -93,10 +87,28 @@ def lock_held(socket_path: str) -> bool:
     return False
 
 
+def check_lock(socket_path: str) -> None:
+    """Refuse a lock path that a daemon could not take: a symlink, a FIFO, another user's
+    file. One ``lstat``, so that launchers do not start daemons that fail on it."""
+    lock = paths.lock_path(socket_path)
+    try:
+        st = os.lstat(lock)
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise SocketSecurityError(f"{paths.shown(lock)} is a symlink: pmrun does not follow it")
+    if not stat.S_ISREG(st.st_mode):
+        raise SocketSecurityError(f"{paths.shown(lock)} is not a regular file: remove it")
+    if st.st_uid != os.geteuid():
+        raise SocketSecurityError(
+            f"{paths.shown(lock)} belongs to uid {st.st_uid}, not to you: remove it"
+        )
+
+
 def lock_holder(socket_path: str) -> int | None:
     """The pid the lock's holder wrote in it, if any (for messages only)."""
     try:
-        fd = os.open(paths.lock_path(socket_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(paths.lock_path(socket_path), _READ)
     except OSError:
         return None
     try:
@@ -118,6 +130,10 @@ def bind_socket(socket_path: str) -> socket.socket:
         if not stat.S_ISSOCK(st.st_mode):
             raise SocketSecurityError(
                 f"{socket_path} exists and is not a socket: remove it or choose another --socket"
+            )
+        if st.st_uid != os.geteuid():
+            raise SocketSecurityError(
+                f"{socket_path} belongs to uid {st.st_uid}: choose another --socket"
             )
         os.unlink(socket_path)  # stale: we hold the lock, so no coordinator serves it
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -121,8 +121,9 @@ def ensure_coordinator(socket_path: str) -> bool:
 
 def start_unless_locked(socket_path: str) -> bool:
     """Start a detached coordinator unless one holds the socket's lock; True if started."""
-    from .endpoint import lock_held
+    from .endpoint import check_lock, lock_held
 
+    check_lock(socket_path)
     if lock_held(socket_path):
         return False
     from .spawn import spawn_coordinator

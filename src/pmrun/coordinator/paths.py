@@ -12,6 +12,7 @@ shared /tmp another user could have made it first.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -108,6 +109,43 @@ def log_path(socket_path: str) -> str:
 
 def default_events_path(socket_path: str) -> str:
     return sibling(socket_path, "events.jsonl")
+
+
+def open_private(path: str, flags: int, *, devices: bool = False) -> int:
+    """Open one of pmrun's own files (the lock, the daemon's log, the event log) for writing.
+
+    Never through a symlink (``O_NOFOLLOW``), never blocking on a FIFO planted there
+    (``O_NONBLOCK``), and only a file of our own uid: in a shared directory (``--socket
+    /tmp/x.sock``) another user could have made ``coordinator.log`` first and would read
+    what we append. ``devices``: a character device or FIFO the user named (``--events
+    /dev/stderr``'s target) is accepted too, if it is ours or root's. Raises
+    :class:`~pmrun.errors.SocketSecurityError`, or OSError for what the kernel refused.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SocketSecurityError(
+                f"{shown(path)} is a symlink: pmrun does not follow it"
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        me = os.geteuid()
+        if stat.S_ISREG(st.st_mode):
+            if st.st_uid != me:
+                raise SocketSecurityError(
+                    f"{shown(path)} belongs to uid {st.st_uid}, not to you (uid {me}): remove "
+                    "it or choose another --socket"
+                )
+        elif not (devices and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode))):
+            raise SocketSecurityError(f"{shown(path)} is not a regular file: remove it")
+        elif st.st_uid not in (me, 0):
+            raise SocketSecurityError(f"{shown(path)} belongs to uid {st.st_uid}, not to you")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def check_dir(path: str, *, uid: int | None = None) -> None:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import _procfs
-from ..errors import SocketSecurityError
+from ..errors import PmrunError, SocketSecurityError
 from ..events import EventLog
 from . import paths, policy
 from . import protocol as p
@@ -1148,12 +1148,16 @@ def run(settings: CoordinatorSettings, *, ready: Callable[[], None] | None = Non
 
     Another coordinator already serving this socket is not an error: it returns 0 at once.
     """
-    paths.prepare_dir(settings.socket_path)
     try:
+        paths.prepare_dir(settings.socket_path)
         endpoint = Endpoint(settings.socket_path)
     except AlreadyRunning:
         log.info("a coordinator already serves %s", settings.socket_path)
         return 0
+    except OSError as e:  # EACCES, EADDRINUSE, a read-only directory: one line, exit 1
+        raise PmrunError(
+            f"cannot serve {paths.shown(settings.socket_path)}: {e.strerror or e}"
+        ) from None
     try:
         if protect_from_oom(settings.oom_score_adj):
             log.info("oom_score_adj set to %d", settings.oom_score_adj)
