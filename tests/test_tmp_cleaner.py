@@ -111,5 +111,10 @@ def test_launchers_start_exactly_one_coordinator_after_a_sigkill(procs, sockdir,
     pid = wait_until(lambda: one_pool(sock, names), 30, "a new coordinator with every agent")
     procs.adopt(pid)
     assert pid != daemon.proc.pid
+    # The daemon a launcher started logs to coordinator.log: deleted, it comes back.
+    log = log_path(sock)
+    wait_until(lambda: os.path.exists(log), 10, "the new daemon's log")
+    os.unlink(log)
+    wait_until(lambda: os.path.exists(log), 10, "coordinator.log made again")
     finish(release, *launchers)
     assert coordinator_pids(sock) == [pid]

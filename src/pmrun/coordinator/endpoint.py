@@ -150,6 +150,22 @@ def bind_socket(socket_path: str) -> socket.socket:
     return sock
 
 
+def reopen_log_if_deleted(socket_path: str, proc: str = "/proc") -> bool:
+    """A daemon started on demand logs to ``coordinator.log`` (its stdout and stderr): if a
+    cleaner deleted that file, log to a new one at the same path. True if it did."""
+    log = paths.log_path(socket_path)
+    try:
+        if os.readlink(f"{proc}/self/fd/2") != log + " (deleted)":
+            return False
+        fd = paths.open_private(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except (OSError, SocketSecurityError):
+        return False
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return True
+
+
 class Endpoint:
     """The lock and the listening socket of one running coordinator."""
 

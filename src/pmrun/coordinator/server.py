@@ -36,7 +36,7 @@ from ..errors import PmrunError, SocketSecurityError
 from ..events import EventLog
 from . import paths, policy
 from . import protocol as p
-from .endpoint import AlreadyRunning, Endpoint
+from .endpoint import AlreadyRunning, Endpoint, reopen_log_if_deleted
 from .policy import Level
 from .pool import (
     PSS_ZONE,
@@ -1045,6 +1045,8 @@ class Coordinator:
                 log.warning("the socket %s was deleted: bound it again", endpoint.socket_path)
                 self.events.write("coordinator.rebound", "warning", socket=endpoint.socket_path)
             self.events.reopen_if_moved()
+            if await asyncio.to_thread(reopen_log_if_deleted, endpoint.socket_path):
+                log.warning("coordinator.log was deleted: logging to a new one")
 
 
 _HANDLERS: dict[type, Callable[[Coordinator, _Conn, Any], None]] = {
