@@ -1022,13 +1022,17 @@ class Coordinator:
         delete the socket, the lock or the directory), or stop if another coordinator took
         the path meanwhile, so that there is always exactly one pool."""
         assert self._stopping is not None
+        failing = False  # said once until it works again: a planted file must not fill the log
         while not self._stopping.is_set():
             await asyncio.sleep(self.settings.socket_check_s)
             try:
                 outcome = await asyncio.to_thread(endpoint.check)
             except (OSError, SocketSecurityError) as e:
-                log.warning("cannot restore the socket %s: %s", endpoint.socket_path, e)
+                if not failing:
+                    log.warning("cannot restore the socket %s: %s", endpoint.socket_path, e)
+                failing = True
                 continue
+            failing = False
             if outcome == Endpoint.LOST:
                 log.warning(
                     "another coordinator took %s (its lock was deleted): stopping, "
