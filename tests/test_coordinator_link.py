@@ -357,3 +357,39 @@ def test_a_link_that_never_registers_says_so_once_and_keeps_trying(sockdir):  # 
         link.close()
     assert count == 1 and "not in the pool yet" in said[0] and "coordinator.log" in said[0]
     assert len(said) == 1
+
+
+def test_a_coordinator_that_never_answers_the_register_is_said_once(fake):
+    said: list[str] = []  # the fake coordinator accepts and reads, and never acknowledges
+    link = AgentLink(fake.path, info(), lambda r, d: None, say=said.append, heartbeat_s=0.05,
+                     respawn_after_s=None, warn_after_s=0.2)  # fmt: skip
+    link.start()
+    try:
+        wait_until(lambda: said, 10, "the link says the coordinator does not answer")
+        wait_until(lambda: len(fake.of(p.Report)) > 10, 10, "reports go on meanwhile")
+    finally:
+        link.close()
+    assert len(said) == 1 and "has not answered" in said[0]
+
+
+def test_an_acknowledged_register_is_not_warned_about(sockdir):  # noqa: F811
+    from coordinator_fixtures import InProcess
+    from pmrun.coordinator.server import CoordinatorSettings
+
+    c = InProcess(
+        CoordinatorSettings(
+            socket_path=str(sockdir / "c.sock"), events_path=str(sockdir / "e.jsonl")
+        )
+    )
+    said: list[str] = []
+    link = AgentLink(c.settings.socket_path, info(), lambda r, d: None, say=said.append,
+                     heartbeat_s=0.05, respawn_after_s=None, warn_after_s=0.2)  # fmt: skip
+    link.start()
+    try:
+        wait_until(lambda: link._acked, 10, "acknowledged")
+        until = time.monotonic() + 0.5  # well past warn_after_s, heartbeats going on
+        wait_until(lambda: time.monotonic() > until, 10, "half a second of heartbeats")
+    finally:
+        link.close()
+        c.close()
+    assert said == []

@@ -321,6 +321,17 @@ class AgentLink:
             "is not in the pool yet, still trying"
         )
 
+    def _maybe_warn_unanswered(self, sent_at: float) -> None:
+        """A coordinator that accepted the register but never answered it (hung): say once."""
+        after = self.warn_after_s
+        if after is None or self._warned_unreachable or time.monotonic() - sent_at < after:
+            return
+        self._warned_unreachable = True
+        self.say(
+            f"the coordinator on {self.socket_path} has not answered this agent's registration "
+            f"in {after:g} s (hung?): the agent may not be in the pool"
+        )
+
     def _run(self) -> None:
         delay = self.backoff_s[0]
         started = unreachable_since = time.monotonic()
@@ -417,8 +428,10 @@ class AgentLink:
         rss, _, _, state = self._latest
         self._sent_rss, self._sent_state = rss, state
         self.registrations += 1
-        last_sent = time.monotonic()
+        last_sent = sent_at = time.monotonic()
         while not self._quit:
+            if not self._acked:
+                self._maybe_warn_unanswered(sent_at)
             if self._deregister is not None:
                 self._send_deregister_here(0.5, buf)
                 return
