@@ -346,9 +346,15 @@ class AgentLink:
                     if self._deregister is not None:
                         break  # exiting and no coordinator: nothing to deregister from
                     log.debug("coordinator not reachable at %s: %s", self.socket_path, e)
-                    unreachable_since = self._maybe_respawn(e, unreachable_since)
+                    tried = self._maybe_respawn(e, unreachable_since)
+                    if tried != unreachable_since:  # one was started: look for it soon
+                        delay, unreachable_since = self.backoff_s[0], tried
                     self._maybe_warn(started, e)
-                    self._sleep(delay)
+                    wait = delay
+                    if self.respawn_after_s is not None:  # do not sleep past the respawn
+                        due = unreachable_since + self.respawn_after_s - time.monotonic()
+                        wait = min(delay, max(self.backoff_s[0], due))
+                    self._sleep(wait)
                     delay = min(delay * 2, self.backoff_s[1])
                     continue
                 self._sock = sock
