@@ -336,7 +336,7 @@ def fake_launcher_main(argv: list[str] | None = None) -> int:
         "backend": {"name": "sampling", "reason": "fake launcher"},
         "started": time.time(),
     }
-    link = AgentLink(args.socket, info, on_stop)
+    link = AgentLink(args.socket, info, on_stop, respawn_after_s=None)
     link.start()
     signal.signal(signal.SIGTERM, lambda *_: wake.set())
     peak = 0
@@ -383,7 +383,8 @@ class InProcess:
     """
 
     def __init__(self, settings: Any, **kw: Any) -> None:
-        from pmrun.coordinator.server import Coordinator, bind_socket
+        from pmrun.coordinator.endpoint import bind_socket
+        from pmrun.coordinator.server import Coordinator
 
         self.settings = settings
         self.sock = bind_socket(settings.socket_path)

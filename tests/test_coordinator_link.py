@@ -108,7 +108,7 @@ def fake(sockdir):  # noqa: F811
 
 
 def test_report_is_cheap_and_only_meaningful_changes_are_sent_at_once(fake):
-    link = AgentLink(fake.path, info(), lambda r, d: None, heartbeat_s=5.0)
+    link = AgentLink(fake.path, info(), lambda r, d: None, heartbeat_s=5.0, respawn_after_s=None)
     link.report(100 * MIB, 100 * MIB, [(1, 2)])
     link.start()
     wait_until(lambda: fake.of(p.Register), 5, "registered")
@@ -129,7 +129,7 @@ def test_report_is_cheap_and_only_meaningful_changes_are_sent_at_once(fake):
 
 
 def test_heartbeat_resends_unchanged_figures(fake):
-    link = AgentLink(fake.path, info(), lambda r, d: None, heartbeat_s=0.05)
+    link = AgentLink(fake.path, info(), lambda r, d: None, heartbeat_s=0.05, respawn_after_s=None)
     link.report(10 * MIB, 10 * MIB, [])
     link.start()
     wait_until(lambda: len(fake.of(p.Report)) >= 4, 5, "heartbeats")
@@ -138,7 +138,7 @@ def test_heartbeat_resends_unchanged_figures(fake):
 
 
 def test_state_changes_and_events_are_sent_at_once(fake):
-    link = AgentLink(fake.path, info(), lambda r, d: None, heartbeat_s=10.0)
+    link = AgentLink(fake.path, info(), lambda r, d: None, heartbeat_s=10.0, respawn_after_s=None)
     link.start()
     wait_until(lambda: fake.of(p.Register), 5, "registered")
     link.event("warn", rss_bytes=5, limit_bytes=4)
@@ -152,7 +152,7 @@ def test_state_changes_and_events_are_sent_at_once(fake):
 def test_a_stop_order_reaches_on_stop_in_the_link_thread(fake):
     calls: list[tuple[str, dict, str]] = []
     link = AgentLink(fake.path, info(),
-                     lambda r, d: calls.append((r, d, threading.current_thread().name)))  # fmt: skip
+                     lambda r, d: calls.append((r, d, threading.current_thread().name)), respawn_after_s=None)  # fmt: skip
     link.start()
     wait_until(lambda: fake.of(p.Register), 5, "registered")
     fake.send(p.Stop(reason="pool", detail={"needed_bytes": 5}))
@@ -166,7 +166,9 @@ def test_a_stop_order_reaches_on_stop_in_the_link_thread(fake):
 
 def test_close_from_on_stop_itself_deregisters(fake):
     holder: list[AgentLink] = []
-    link = AgentLink(fake.path, info(), lambda r, d: holder[0].close({"reason": r}))
+    link = AgentLink(
+        fake.path, info(), lambda r, d: holder[0].close({"reason": r}), respawn_after_s=None
+    )
     holder.append(link)
     link.start()
     wait_until(lambda: fake.of(p.Register), 5, "registered")
@@ -176,7 +178,9 @@ def test_close_from_on_stop_itself_deregisters(fake):
 
 
 def test_connection_lost_reconnects_with_backoff_and_registers_again(fake):
-    link = AgentLink(fake.path, info(), lambda r, d: None, backoff_s=(0.05, 0.2))
+    link = AgentLink(
+        fake.path, info(), lambda r, d: None, backoff_s=(0.05, 0.2), respawn_after_s=None
+    )
     link.report(42 * MIB, 42 * MIB, [])
     link.start()
     wait_until(lambda: fake.of(p.Register), 5, "registered")
@@ -189,7 +193,7 @@ def test_connection_lost_reconnects_with_backoff_and_registers_again(fake):
 
 
 def test_no_coordinator_never_raises_and_close_is_quick(sockdir):  # noqa: F811
-    link = AgentLink(str(sockdir / "nobody.sock"), info(), lambda r, d: None)
+    link = AgentLink(str(sockdir / "nobody.sock"), info(), lambda r, d: None, respawn_after_s=None)
     link.start()
     for _ in range(1000):
         link.report(1, 1, [])
@@ -203,7 +207,7 @@ def test_no_coordinator_never_raises_and_close_is_quick(sockdir):  # noqa: F811
 def test_close_is_bounded_when_the_coordinator_does_not_answer(sockdir):  # noqa: F811
     fake = FakeCoordinator(str(sockdir / "c.sock"), ack=False)
     try:
-        link = AgentLink(fake.path, info(), lambda r, d: None)
+        link = AgentLink(fake.path, info(), lambda r, d: None, respawn_after_s=None)
         link.start()
         wait_until(lambda: fake.of(p.Register), 5, "registered")
         t0 = time.monotonic()
@@ -287,7 +291,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 def test_close_without_start_releases_everything(sockdir):  # noqa: F811
     before = len(os.listdir("/proc/self/fd"))
-    link = AgentLink(str(sockdir / "c.sock"), info(), lambda r, d: None)
+    link = AgentLink(str(sockdir / "c.sock"), info(), lambda r, d: None, respawn_after_s=None)
     link.report(1, 1, [])
     link.close({})
     link.report(2, 2, [])  # after close: still harmless
@@ -320,3 +324,72 @@ def test_ensure_coordinator_takes_a_full_backlog_for_a_busy_coordinator(tmp_path
         for c in queued:
             c.close()
         server.close()
+
+
+def test_an_agent_that_cannot_be_registered_is_said_once_and_the_link_ends(fake):
+    said: list[str] = []
+    bad = dict(info(), agent_id="i" * (p.MAX_AGENT_ID + 1))  # what no register may carry
+    link = AgentLink(
+        fake.path,
+        bad,
+        lambda r, d: None,
+        say=said.append,
+        backoff_s=(0.01, 0.02),
+        respawn_after_s=None,
+    )
+    link.start()
+    wait_until(lambda: link._finished.is_set(), 10, "the link gives up")
+    assert len(said) == 1 and "not in the pool" in said[0] and link.refused
+    assert not fake.of(p.Register)
+    link.close()
+
+
+def test_a_link_that_never_registers_says_so_once_and_keeps_trying(sockdir):  # noqa: F811
+    said: list[str] = []
+    link = AgentLink(str(sockdir / "nobody.sock"), info(), lambda r, d: None, say=said.append,
+                     backoff_s=(0.01, 0.02), respawn_after_s=None, warn_after_s=0.1)  # fmt: skip
+    link.start()
+    try:
+        wait_until(lambda: said, 10, "the link says it is not in the pool")
+        count = link._thread.is_alive() and len(said)
+        wait_until(lambda: link._thread.is_alive(), 1, "still trying")
+    finally:
+        link.close()
+    assert count == 1 and "not in the pool yet" in said[0] and "coordinator.log" in said[0]
+    assert len(said) == 1
+
+
+def test_a_coordinator_that_never_answers_the_register_is_said_once(fake):
+    said: list[str] = []  # the fake coordinator accepts and reads, and never acknowledges
+    link = AgentLink(fake.path, info(), lambda r, d: None, say=said.append, heartbeat_s=0.05,
+                     respawn_after_s=None, warn_after_s=0.2)  # fmt: skip
+    link.start()
+    try:
+        wait_until(lambda: said, 10, "the link says the coordinator does not answer")
+        wait_until(lambda: len(fake.of(p.Report)) > 10, 10, "reports go on meanwhile")
+    finally:
+        link.close()
+    assert len(said) == 1 and "has not answered" in said[0]
+
+
+def test_an_acknowledged_register_is_not_warned_about(sockdir):  # noqa: F811
+    from coordinator_fixtures import InProcess
+    from pmrun.coordinator.server import CoordinatorSettings
+
+    c = InProcess(
+        CoordinatorSettings(
+            socket_path=str(sockdir / "c.sock"), events_path=str(sockdir / "e.jsonl")
+        )
+    )
+    said: list[str] = []
+    link = AgentLink(c.settings.socket_path, info(), lambda r, d: None, say=said.append,
+                     heartbeat_s=0.05, respawn_after_s=None, warn_after_s=0.2)  # fmt: skip
+    link.start()
+    try:
+        wait_until(lambda: link._acked, 10, "acknowledged")
+        until = time.monotonic() + 0.5  # well past warn_after_s, heartbeats going on
+        wait_until(lambda: time.monotonic() > until, 10, "half a second of heartbeats")
+    finally:
+        link.close()
+        c.close()
+    assert said == []

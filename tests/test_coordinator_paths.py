@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pmrun.coordinator import paths
-from pmrun.coordinator.server import AlreadyRunning, acquire_lock, bind_socket
+from pmrun.coordinator.endpoint import AlreadyRunning, acquire_lock, bind_socket
 from pmrun.errors import SocketSecurityError, UsageError
 
 
@@ -101,3 +101,26 @@ def test_bind_replaces_a_stale_socket_and_refuses_other_files(tmp_path):
         f.write("not a socket")
     with pytest.raises(SocketSecurityError, match="not a socket"):
         bind_socket(path)
+
+
+def test_an_endpoint_restores_its_socket_and_lock_or_yields_to_another_coordinator(tmp_path):
+    from pmrun.coordinator.endpoint import Endpoint, lock_held
+
+    sock = str(tmp_path / "c.sock")
+    ep = Endpoint(sock)
+    try:
+        assert ep.check() == Endpoint.OK and lock_held(sock)
+        os.unlink(sock)
+        assert ep.check() == Endpoint.REBOUND and ep.serves_path()
+        os.unlink(sock + ".lock")
+        assert not lock_held(sock)
+        assert ep.check() == Endpoint.OK and lock_held(sock)  # taken again, a new file
+        os.unlink(sock + ".lock")
+        other = acquire_lock(sock)  # another coordinator started meanwhile
+        try:
+            assert ep.check() == Endpoint.LOST
+        finally:
+            os.close(other)
+    finally:
+        ep.close()
+    assert not os.path.exists(sock)

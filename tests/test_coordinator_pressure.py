@@ -159,7 +159,7 @@ def test_a_pool_crossing_is_handled_within_a_second(sockdir):  # noqa: F811
     settings = CoordinatorSettings(socket_path=str(sockdir / "c.sock"), pool_bytes=100 * MIB,
                                    dry_run=True, settle_s=0.05)  # fmt: skip
     c = InProcess(settings)
-    link = AgentLink(settings.socket_path, info("hog"), lambda r, d: None)
+    link = AgentLink(settings.socket_path, info("hog"), lambda r, d: None, respawn_after_s=None)
     try:
         link.start()
         wait_until(lambda: link.connected, 5, "registered")
@@ -195,7 +195,7 @@ class Fleet:
 
     def add(self, name: str, mib: int, priority: int = 0) -> None:
         link = AgentLink(self.socket_path, info(name, priority),
-                         lambda reason, detail: self.orders.append((name, reason)))  # fmt: skip
+                         lambda reason, detail: self.orders.append((name, reason)), respawn_after_s=None)  # fmt: skip
         link.report(mib * MIB, mib * MIB, [])
         link.start()
         self.links[name] = link

@@ -108,7 +108,7 @@ def test_garbage_oversized_and_half_open_clients_do_not_stop_the_coordinator(dae
     status = daemon.status()
     assert time.monotonic() - t0 < 1.0
     assert status["coordinator"]["connections"] >= 3  # silent, partial, garbage, wrong, ...
-    link = AgentLink(daemon.socket, agent_info("fine"), lambda r, d: None)
+    link = AgentLink(daemon.socket, agent_info("fine"), lambda r, d: None, respawn_after_s=None)
     link.start()
     try:
         wait_until(lambda: "fine" in daemon.agents(), 5, "an agent registers meanwhile")
@@ -253,7 +253,9 @@ def test_an_unwritable_event_log_does_not_stop_the_coordinator(procs, sockdir): 
 
 
 def test_status_is_complete_and_json_serializable(daemon, procs):  # noqa: F811
-    link = AgentLink(daemon.socket, agent_info("alpha", priority=3), lambda r, d: None)
+    link = AgentLink(
+        daemon.socket, agent_info("alpha", priority=3), lambda r, d: None, respawn_after_s=None
+    )
     link.start()
     link.report(123 * MIB, 150 * MIB, [(os.getpid(), 1)])
     service = procs.popen(
@@ -352,7 +354,7 @@ def test_query_errors_are_pmrun_errors(daemon):
 
 
 def test_launcher_events_are_logged_without_clobbering_the_agent(daemon):
-    link = AgentLink(daemon.socket, agent_info("evented"), lambda r, d: None)
+    link = AgentLink(daemon.socket, agent_info("evented"), lambda r, d: None, respawn_after_s=None)
     link.start()
     try:
         wait_until(lambda: "evented" in daemon.agents(), 5, "registered")

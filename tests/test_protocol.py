@@ -238,3 +238,30 @@ def test_docs_show_a_valid_example_of_every_message():
             msg = p.decode(frame, p.MAX_REPLY_FRAME)
             seen.add(type(msg))
     assert seen == set(p.MESSAGES.values())
+
+
+# -- what a register shows of the agent ----------------------------------------------------
+
+
+@given(st.lists(st.text(max_size=3000), max_size=40))
+def test_shown_argv_always_fits_and_keeps_what_fits_whole(argv):
+    shown = p.shown_argv(argv)
+    assert len(json.dumps(shown, separators=(",", ":"))) <= p.ARGV_SHOWN_BYTES
+    if len(json.dumps(argv, separators=(",", ":"))) <= p.ARGV_SHOWN_BYTES:
+        assert shown == argv
+    else:
+        assert shown[-1].startswith("...[") and "more bytes]" in shown[-1]
+        kept = shown[:-1]
+        assert kept[:-1] == argv[: len(kept) - 1]  # whole arguments, then one cut at most
+        if kept:
+            assert argv[len(kept) - 1].startswith(kept[-1])
+
+
+def test_a_register_cuts_argv_and_name_instead_of_refusing_them():
+    msg = p.Register(
+        agent_id="a.1", name="n" * 500, launcher_pid=1, child_pid=2, uid=0,
+        argv=["x" * 100_000, "y"], started=0.0,
+    )  # fmt: skip
+    assert len(msg.name) == p.MAX_AGENT_NAME
+    assert msg.argv[-1] == "...[1 more args, " + str(100_001 - len(msg.argv[0])) + " more bytes]"
+    assert len(p.encode(msg)) < p.MAX_FRAME

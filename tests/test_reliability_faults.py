@@ -207,7 +207,7 @@ def exercise(d: Daemon, rounds: int, tag: str = "") -> None:
     """Register, report, clean up, deregister: events the log should get; all served."""
     for i in range(rounds):
         name = f"x{tag}{i}"
-        link = AgentLink(d.socket, agent_info(name), lambda r, dt: None)
+        link = AgentLink(d.socket, agent_info(name), lambda r, dt: None, respawn_after_s=None)
         link.start()
         try:
             link.report(5 * MIB, 5 * MIB, [])

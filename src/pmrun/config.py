@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+MAX_SECONDS = 86400.0  # a day: longer waits are a typo, and overflow threading's timeouts
+MAX_INT = (1 << 63) - 1  # what the coordinator protocol carries
+MAX_PRIORITY = (1 << 31) - 1
+
+
 def _parse_float(v: Any) -> float:
     if isinstance(v, bool):
         raise ValueError("expected a number")
@@ -33,15 +38,27 @@ def _parse_float(v: Any) -> float:
     return f
 
 
-def _parse_int(v: Any) -> int:
+def _parse_seconds(v: Any) -> float:
+    f = _parse_float(v)
+    if f > MAX_SECONDS:
+        raise ValueError(f"expected seconds, at most {MAX_SECONDS:g}")
+    return f
+
+
+def _parse_int(v: Any, most: int = MAX_INT) -> int:
     if isinstance(v, bool):
         raise ValueError("expected a whole number")
-    if isinstance(v, float) and not v.is_integer():
+    if isinstance(v, float) and not v.is_integer():  # 2.5 and NaN; inf is an OverflowError
         raise ValueError("expected a whole number")
     i = int(v)
-    if i < 0:
-        raise ValueError("expected a whole number, zero or more")
+    if not 0 <= i <= most:
+        raise ValueError(f"expected a whole number from 0 to {most}")
     return i
+
+
+def _parse_priority(v: Any) -> int:
+    # 1e300 in TOML is a float that is_integer(): refused here, not by the coordinator later.
+    return _parse_int(v, MAX_PRIORITY)
 
 
 def _parse_positive_int(v: Any) -> int:
@@ -162,7 +179,7 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_GRACE",
         5.0,
-        _parse_float,
+        _parse_seconds,
         "seconds between SIGTERM and SIGKILL when stopping the tree (0 = SIGKILL at once)",
     ),
     Setting(
@@ -178,8 +195,8 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_PRIORITY",
         0,
-        _parse_int,
-        "higher is spared longer when the coordinator must stop an agent",
+        _parse_priority,
+        "higher is spared longer when the coordinator must stop an agent (0 to 2147483647)",
     ),
     Setting(
         "coordinator",
@@ -259,7 +276,7 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_COOLDOWN",
         5.0,
-        _parse_float,
+        _parse_seconds,
         "seconds after a stop before stopping more (unless a limit is crossed by 10%)",
     ),
     Setting(
@@ -267,7 +284,7 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_SETTLE",
         0.5,
-        _parse_float,
+        _parse_seconds,
         "seconds an eviction broadcast waits for the services' answers",
     ),
     Setting(
@@ -384,8 +401,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def find_project_config(start: Path | str | None = None) -> tuple[Path, dict[str, Any]] | None:
-    """Return the nearest project config (path, tables) from ``start`` upwards, if any."""
-    folder = os.path.realpath(start if start is not None else os.getcwd())
+    """Return the nearest project config (path, tables) from ``start`` upwards, if any.
+
+    A deleted working directory has no project. A ``pyproject.toml`` that cannot be read is
+    passed over: most do not configure pmrun, and pmrun must not fail a command over
+    someone else's file; an unreadable ``pmrun.toml`` is an error (it is pmrun's own).
+    """
+    if start is None:
+        try:
+            start = os.getcwd()
+        except OSError:  # the working directory was deleted (or cannot be reached)
+            return None
+    folder = os.path.realpath(start)
     while True:
         candidate = os.path.join(folder, "pmrun.toml")
         if os.path.isfile(candidate):
@@ -394,8 +421,11 @@ def find_project_config(start: Path | str | None = None) -> tuple[Path, dict[str
         if os.path.isfile(pyproject):
             # Only stop at a pyproject.toml that configures pmrun: a project may
             # keep pmrun.toml beside a pyproject that does not mention it.
-            with open(pyproject, "rb") as f:
-                head = f.read()
+            try:
+                with open(pyproject, "rb") as f:
+                    head = f.read()
+            except OSError:
+                head = b""
             if b"tool.pmrun" in head:
                 tool = _read_toml(_path(pyproject)).get("tool", {})
                 if isinstance(tool, dict) and isinstance(tool.get("pmrun"), dict):

@@ -13,6 +13,7 @@ reader skips lines it cannot parse (a torn last line after a crash).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -39,8 +40,15 @@ class EventLog:
 
     def _open(self) -> int:
         if self._fd is None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-            self._fd = os.open(self.path, flags, 0o600)
+            from .coordinator.paths import open_private
+            from .errors import PmrunError
+
+            try:  # ours, no symlink, no hang on a FIFO without a reader
+                self._fd = open_private(
+                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, devices=True
+                )
+            except PmrunError as e:
+                raise OSError(errno.EPERM, str(e)) from None
         return self._fd
 
     def write(self, kind: str, level: str = "info", /, **fields: Any) -> dict[str, Any]:
@@ -74,6 +82,19 @@ class EventLog:
                 self._failing = False
                 log.warning("event log %s is writable again", self.path)
         return event
+
+    def reopen_if_moved(self) -> None:
+        """Write to the file at ``path`` again if ours was deleted or replaced (a /tmp
+        cleaner): events written to an unlinked file would never be read."""
+        if self._fd is None:
+            return
+        try:
+            st, now = os.fstat(self._fd), os.stat(self.path)
+            if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                return
+        except OSError:
+            pass
+        self._reset()
 
     def _reset(self) -> None:
         if self._fd is not None:

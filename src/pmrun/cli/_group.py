@@ -36,12 +36,34 @@ _LAUNCH_PARAMS = launch_params()
 _LAUNCH_NAMES = {p.name for p in _LAUNCH_PARAMS}
 
 
+class OneLineUsageError(click.ClickException):
+    """A click usage error shown as pmrun shows every error: one line, and where to look."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        super().__init__(error.format_message())
+        self.command_path = error.ctx.command_path if error.ctx is not None else "pmrun"
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"pmrun: error: {self.message} (see {self.command_path} --help)", err=True)
+
+
 class LazyGroup(click.Group):
     """Imports a subcommand's module only when that subcommand runs or is listed.
 
     Its help shows both forms of pmrun: the launcher (synopsis and options) and the
-    subcommands.
+    subcommands. Usage errors (a bad option, a value out of range) are one line on
+    stderr, exit 2, instead of click's usage block.
     """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise OneLineUsageError(e) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

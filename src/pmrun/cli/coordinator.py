@@ -12,6 +12,7 @@ import click
 from .. import config as config_mod
 from ..sizes import format_size
 from ._group import one_line_errors
+from ._types import Seconds
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -187,7 +188,7 @@ def format_table(rows: list[list[str]]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option(
     "--timeout",
-    type=float,
+    type=Seconds(0.1),
     default=10.0,
     show_default=True,
     metavar="SECONDS",

@@ -8,6 +8,7 @@ Errors are one line on stderr: ``pmrun: error: ...``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any
@@ -16,6 +17,7 @@ import click
 
 from ..errors import CoordinatorUnavailable, PmrunError, UsageError
 from ._group import one_line_errors
+from ._types import Seconds
 
 SOCKET_HELP = "The coordinator's socket (default: $PMRUN_SOCKET, the config, else $XDG_RUNTIME_DIR/pmrun/coordinator.sock)."
 socket_option = click.option("--socket", "socket_path", metavar="PATH", help=SOCKET_HELP)
@@ -99,7 +101,8 @@ def status_command(socket_path: str | None, as_json: bool) -> None:
 
     Without a coordinator it shows what it can measure itself and says so.
 
-    Exit status: 0 (also without a coordinator), 1 the coordinator refused or failed.
+    Exit status: 0 (also without a coordinator), 1 the coordinator refused, failed or
+    cannot be reached (permission denied, hung), or the socket path is not a socket.
     """
     from ..diagnostics import status
 
@@ -121,7 +124,7 @@ def status_command(socket_path: str | None, as_json: bool) -> None:
     "--interval",
     "-d",
     "interval_s",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(0.1),
     default=1.0,
     show_default=True,
     metavar="SECONDS",
@@ -214,7 +217,6 @@ def events_command(
     """
     import time
 
-    from .. import events as event_log
     from ..coordinator.paths import default_events_path
     from ..diagnostics import events as view
 
@@ -233,6 +235,29 @@ def events_command(
             f"no event log at {log_path}: no coordinator has run with this socket yet "
             "(or give its log with --events PATH)"
         )
+    if os.path.isdir(log_path):
+        raise UsageError(f"{log_path} is a directory: give the event log file with --events")
+    try:
+        _show_events(log_path, since_ts, until_ts, kinds, agent, level, last, follow, as_json)
+    except OSError as e:
+        if e.errno == errno.EPIPE:  # the reader of our output went away: click's to handle
+            raise
+        raise PmrunError(f"cannot read the event log {log_path}: {e.strerror or e}") from None
+
+
+def _show_events(
+    log_path: str,
+    since_ts: float | None,
+    until_ts: float | None,
+    kinds: tuple[str, ...],
+    agent: str | None,
+    level: str | None,
+    last: int | None,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    from .. import events as event_log
+    from ..diagnostics import events as view
 
     def show(e: dict[str, Any]) -> None:
         click.echo(json.dumps(e, separators=(",", ":")) if as_json else view.format_event(e))

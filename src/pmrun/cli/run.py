@@ -147,9 +147,16 @@ def build_settings(parsed: Parsed):
     )
     x = parsed.extra
     private_fd(str(x["report"]) if "report" in x else None)
+    name = str(x.get("name", ""))
+    if name:  # the coordinator shows at most MAX_AGENT_NAME characters of it
+        from ..coordinator.protocol import MAX_AGENT_NAME
+        from ..errors import UsageError
+
+        if len(name) > MAX_AGENT_NAME:
+            raise UsageError(f"--name is {len(name)} characters long; at most {MAX_AGENT_NAME}")
     return LaunchSettings(
         limits=limits,
-        name=str(x.get("name", "")),
+        name=name,
         backend=cfg["agent.backend"],
         priority=cfg["agent.priority"],
         coordinator=cfg["agent.coordinator"],

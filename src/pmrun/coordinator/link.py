@@ -6,7 +6,8 @@ the code that starts a daemon lives in :mod:`.spawn` and is imported only when n
 
 Nothing here ever raises into the launcher or kills anything: if the coordinator goes
 away, the link retries with backoff and registers again when one answers; the launcher
-keeps enforcing its own limits meanwhile.
+keeps enforcing its own limits meanwhile. A coordinator that *refuses* the registration
+would refuse it again: the link says so once on stderr and gives up.
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ log = _LazyLog()
 
 _PEERCRED = struct.Struct("3i")
 MIB = 1 << 20
+# Error codes that answer a register for what it is, not for the coordinator's load:
+# sending the same frame again would be refused again.
+REFUSALS = ("bad-frame", "too-large", "forbidden", "unknown-type", "bad-version")
+
+
+class _Refused(Exception):
+    """The coordinator refused this agent (or the agent cannot be put in a register)."""
+
+
+def say_on_stderr(line: str) -> None:
+    """One line on fd 2, as the launcher writes its own; a closed stderr is not an error."""
+    try:
+        os.write(2, f"pmrun: warning: {line}\n".encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def peer_uid_ok(sock: socket.socket) -> bool:
@@ -79,8 +95,10 @@ def ensure_coordinator(socket_path: str) -> bool:
 
     Costs one ``connect`` when a coordinator answers. The daemon started here holds a lock
     next to the socket, so launchers racing here start at most one coordinator (the others
-    exit quietly). Does not wait for the new daemon to be ready. Raises
-    :class:`~pmrun.errors.SocketSecurityError` if the socket's directory is not safely ours.
+    exit quietly). None is started while the lock is held: a coordinator is starting, or
+    its socket was deleted and it is binding it again. Does not wait for the new daemon to
+    be ready. Raises :class:`~pmrun.errors.SocketSecurityError` if the socket's directory
+    is not safely ours.
     """
     try:
         connect(socket_path, timeout_s=0.5).close()
@@ -97,10 +115,37 @@ def ensure_coordinator(socket_path: str) -> bool:
             raise SocketSecurityError(
                 f"cannot use the socket {socket_path}: {e.strerror}"
             ) from None
+    start_unless_locked(socket_path)
+    return False
+
+
+def start_unless_locked(socket_path: str) -> bool:
+    """Start a detached coordinator unless one holds the socket's lock; True if started."""
+    from .endpoint import check_lock, lock_held
+
+    check_lock(socket_path)
+    if lock_held(socket_path):
+        return False
     from .spawn import spawn_coordinator
 
     spawn_coordinator(socket_path)
-    return False
+    return True
+
+
+def _deregister_frame(report: dict[str, Any]) -> bytes:
+    """The deregister with ``report``; its command line cut as a register's, if it must be."""
+    try:
+        return p.encode(p.Deregister(report=report))
+    except PmrunError:
+        pass
+    command = report.get("command")
+    if isinstance(command, list):
+        try:
+            shown = p.shown_argv([str(a) for a in command])
+            return p.encode(p.Deregister(report={**report, "command": shown}))
+        except PmrunError:
+            pass
+    return p.encode(p.Deregister(report={"error": "report not encodable"}))
 
 
 class AgentLink:
@@ -110,7 +155,9 @@ class AgentLink:
     ``max_rss``, ``warn_rss``, ``priority``, ``backend`` (dict), ``started`` (unix time).
     ``on_stop(reason, detail)`` runs in the link thread when the coordinator orders the
     agent stopped (reason ``pool`` or ``system-pressure``); it should only tell the
-    launcher to stop, not stop the tree itself.
+    launcher to stop, not stop the tree itself. When no coordinator has answered for
+    ``respawn_after_s``, the link starts one (:func:`start_unless_locked`: the lock lets
+    exactly one of the launchers that try it serve).
     """
 
     def __init__(
@@ -123,8 +170,18 @@ class AgentLink:
         min_interval_s: float = 0.02,
         backoff_s: tuple[float, float] = (0.1, 2.0),
         send_timeout_s: float = 2.0,
+        say: Callable[[str], None] = say_on_stderr,
+        respawn_after_s: float | None = 3.0,
+        warn_after_s: float | None = 10.0,
     ) -> None:
         self.socket_path = socket_path
+        self.say = say
+        # Nobody answering for this long (after a SIGKILL, say): start a coordinator. Not at
+        # once, so that a supervisor or a person restarting it gets the lock first.
+        self.respawn_after_s = respawn_after_s
+        # Never registered after this long (a coordinator that cannot start): say so once.
+        self.warn_after_s = warn_after_s
+        self._warned_unreachable = False
         self.info = dict(info)
         self.on_stop = on_stop
         self.heartbeat_s = heartbeat_s
@@ -147,6 +204,8 @@ class AgentLink:
         self._thread = threading.Thread(target=self._run, name="pmrun-link", daemon=True)
         self.registrations = 0  # successful registrations (1, then one per reconnect)
         self.stop_reason: str | None = None
+        self.refused: str | None = None  # why the coordinator refused this agent, once it did
+        self._acked = False  # the coordinator answered ok to the current connection's register
 
     def __repr__(self) -> str:
         state = "connected" if self._sent_rss is not None else "not connected"
@@ -188,10 +247,7 @@ class AgentLink:
 
     def close(self, report: dict[str, Any] | None = None, *, timeout_s: float = 0.5) -> None:
         """Deregister with the exit ``report`` (waiting at most ``timeout_s``), then stop."""
-        try:
-            self._deregister = p.encode(p.Deregister(report=report or {}))
-        except PmrunError:
-            self._deregister = p.encode(p.Deregister(report={"error": "report not encodable"}))
+        self._deregister = _deregister_frame(report or {})
         if threading.current_thread() is self._thread:  # from on_stop: no one else to do it
             self._send_deregister_here(timeout_s)
         elif self._thread.is_alive():
@@ -234,29 +290,86 @@ class AgentLink:
         if r:
             self._drain_pipe()
 
+    def _maybe_respawn(self, error: OSError, unreachable_since: float) -> float:
+        """Start a coordinator if none has answered for ``respawn_after_s``; returns the time
+        to count the next attempt from."""
+        now = time.monotonic()
+        after = self.respawn_after_s
+        if after is None or now - unreachable_since < after:
+            return unreachable_since
+        if error.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+            return unreachable_since  # something else is wrong: starting one would not help
+        try:
+            if start_unless_locked(self.socket_path):
+                log.debug("no coordinator on %s for %.1f s: started one", self.socket_path, after)
+        except (OSError, PmrunError) as e:
+            log.debug("cannot start a coordinator on %s: %s", self.socket_path, e)
+        return now  # the next attempt another respawn_after_s from now
+
+    def _maybe_warn(self, started: float, error: OSError) -> None:
+        after = self.warn_after_s
+        if self.registrations or self._warned_unreachable or after is None:
+            return
+        if time.monotonic() - started < after:
+            return
+        self._warned_unreachable = True
+        from .paths import log_path
+
+        self.say(
+            f"no coordinator answers on {self.socket_path} after {after:g} s "
+            f"({error.strerror or error}; its log: {log_path(self.socket_path)}): this agent "
+            "is not in the pool yet, still trying"
+        )
+
+    def _maybe_warn_unanswered(self, sent_at: float) -> None:
+        """A coordinator that accepted the register but never answered it (hung): say once."""
+        after = self.warn_after_s
+        if after is None or self._warned_unreachable or time.monotonic() - sent_at < after:
+            return
+        self._warned_unreachable = True
+        self.say(
+            f"the coordinator on {self.socket_path} has not answered this agent's registration "
+            f"in {after:g} s (hung?): the agent may not be in the pool"
+        )
+
     def _run(self) -> None:
         delay = self.backoff_s[0]
+        started = unreachable_since = time.monotonic()
         try:
             while not self._quit and not self._finished.is_set():
                 try:
                     sock = connect(self.socket_path, timeout_s=self.send_timeout_s)
-                except (OSError, SocketSecurityError) as e:
+                except SocketSecurityError as e:
+                    self._refuse(str(e))
+                    break
+                except OSError as e:
                     if self._deregister is not None:
                         break  # exiting and no coordinator: nothing to deregister from
                     log.debug("coordinator not reachable at %s: %s", self.socket_path, e)
-                    self._sleep(delay)
+                    tried = self._maybe_respawn(e, unreachable_since)
+                    if tried != unreachable_since:  # one was started: look for it soon
+                        delay, unreachable_since = self.backoff_s[0], tried
+                    self._maybe_warn(started, e)
+                    wait = delay
+                    if self.respawn_after_s is not None:  # do not sleep past the respawn
+                        due = unreachable_since + self.respawn_after_s - time.monotonic()
+                        wait = min(delay, max(self.backoff_s[0], due))
+                    self._sleep(wait)
                     delay = min(delay * 2, self.backoff_s[1])
                     continue
                 self._sock = sock
                 connected_at = time.monotonic()
                 try:
                     self._serve(sock)
+                except _Refused:
+                    break
                 except (OSError, PmrunError) as e:
                     log.debug("coordinator connection lost: %s", e)
                 finally:
                     self._sock = None
                     self._sent_rss = None
                     sock.close()
+                    unreachable_since = time.monotonic()
                 # A connection that lasted (a coordinator that went away) is retried at
                 # once; one refused or dropped at once backs off like a failed connect.
                 if time.monotonic() - connected_at > 1.0:
@@ -274,38 +387,57 @@ class AgentLink:
                     os.close(self._wake_r)
                     os.close(self._wake_w)
 
+    def _refuse(self, why: str) -> None:
+        """Say once that this agent is not in the pool, and stop trying."""
+        if self.refused is None:
+            self.refused = why
+            self.say(
+                f"the coordinator on {self.socket_path} refused this agent ({why}): it is not "
+                "in the pool; enforcing its own limits only"
+            )
+        self._quit = True
+
     def _register_frame(self) -> bytes:
+        """The register; what is only shown (argv, name) is cut by the protocol to fit."""
         rss, peak, pids, state = self._latest
         i = self.info
-        return p.encode(
-            p.Register(
-                agent_id=str(i["agent_id"]),
-                name=str(i.get("name", "")),
-                launcher_pid=int(i.get("launcher_pid", os.getpid())),
-                child_pid=int(i.get("child_pid", 0)),
-                uid=int(i.get("uid", os.geteuid())),
-                argv=[str(a) for a in i.get("argv", [])],
-                max_rss=i.get("max_rss"),
-                warn_rss=i.get("warn_rss"),
-                priority=int(i.get("priority", 0)),
-                backend=dict(i.get("backend") or {}),
-                started=float(i.get("started", time.time())),
-                rss=rss,
-                peak=peak,
-                pids=[list(x) for x in pids[: p.MAX_PIDS]],
-                state=state,
+        try:
+            return p.encode(
+                p.Register(
+                    agent_id=str(i["agent_id"]),
+                    name=str(i.get("name", "")),
+                    launcher_pid=int(i.get("launcher_pid", os.getpid())),
+                    child_pid=int(i.get("child_pid", 0)),
+                    uid=int(i.get("uid", os.geteuid())),
+                    argv=[str(a) for a in i.get("argv", [])],
+                    max_rss=i.get("max_rss"),
+                    warn_rss=i.get("warn_rss"),
+                    priority=int(i.get("priority", 0)),
+                    backend=dict(i.get("backend") or {}),
+                    started=float(i.get("started", time.time())),
+                    rss=rss,
+                    peak=peak,
+                    pids=[list(x) for x in pids[: p.MAX_PIDS]],
+                    state=state,
+                )
             )
-        )
+        except (PmrunError, TypeError, ValueError, OverflowError) as e:
+            self._refuse(f"it cannot be registered: {e}")
+            raise _Refused(str(e)) from None
 
     def _serve(self, sock: socket.socket) -> None:
         buf = p.FrameBuffer(p.MAX_REPLY_FRAME)
         sock.settimeout(self.send_timeout_s)
-        sock.sendall(self._register_frame())
+        frame = self._register_frame()
+        self._acked = False
+        sock.sendall(frame)
         rss, _, _, state = self._latest
         self._sent_rss, self._sent_state = rss, state
         self.registrations += 1
-        last_sent = time.monotonic()
+        last_sent = sent_at = time.monotonic()
         while not self._quit:
+            if not self._acked:
+                self._maybe_warn_unanswered(sent_at)
             if self._deregister is not None:
                 self._send_deregister_here(0.5, buf)
                 return
@@ -350,10 +482,13 @@ class AgentLink:
                 self.on_stop(msg.reason, msg.detail)
             except Exception:
                 log.exception("on_stop failed")
+        elif isinstance(msg, p.Ok) and msg.of == "register":
+            self._acked = True
         elif isinstance(msg, p.Error):
             log.debug("coordinator: %s: %s", msg.code, msg.message)
-            if msg.code == "forbidden":
-                raise SocketSecurityError(msg.message)
+            if msg.code == "forbidden" or (not self._acked and msg.code in REFUSALS):
+                self._refuse(f"{msg.code}: {msg.message}")
+                raise _Refused(msg.message)
 
     def _send_deregister_here(self, timeout_s: float, buf: p.FrameBuffer | None = None) -> None:
         """Send the deregister frame and wait for its ``ok`` (from the link thread)."""

@@ -12,6 +12,7 @@ shared /tmp another user could have made it first.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -45,13 +46,52 @@ def resolve_socket_path(value: str | None, env: Mapping[str, str] | None = None)
     """``value`` (a flag, PMRUN_SOCKET or the config's ``coordinator.socket``), or the default."""
     env = os.environ if env is None else env
     path = value or env.get("PMRUN_SOCKET") or default_socket_path(env)
+    if "\0" in path:
+        raise UsageError("the socket path holds a NUL character: choose another --socket")
     path = os.path.abspath(os.path.expanduser(path))
-    if len(path.encode()) > MAX_SOCKET_PATH:
+    size = len(os.fsencode(path))  # the bytes the kernel gets: not UTF-8 is fine too
+    if size > MAX_SOCKET_PATH:
         raise UsageError(
-            f"socket path {path!r} is {len(path.encode())} bytes; Unix sockets allow "
+            f"socket path {shown(path)} is {size} bytes; Unix sockets allow "
             f"{MAX_SOCKET_PATH}: choose a shorter --socket"
         )
+    check_socket_path(path)
     return path
+
+
+def shown(path: str) -> str:
+    """``path`` fit to print: bytes that are not UTF-8 (from the environment) as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISLNK, "a symlink"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+)
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse a socket path where something other than a socket exists (``/dev/null``, a
+    file, a directory, a symlink), before anything is created next to it.
+
+    One ``lstat``; a path that cannot be looked at is left to ``connect``/``bind`` to report.
+    """
+    try:
+        st = os.lstat(path)
+    except NotADirectoryError:
+        raise SocketSecurityError(
+            f"{shown(path)}: a parent is not a directory; choose another --socket"
+        ) from None
+    except OSError:
+        return
+    if stat.S_ISSOCK(st.st_mode):
+        return
+    kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a socket")
+    raise SocketSecurityError(f"{shown(path)} is {kind}, not a socket: choose another --socket")
 
 
 def sibling(socket_path: str, name: str) -> str:
@@ -69,6 +109,43 @@ def log_path(socket_path: str) -> str:
 
 def default_events_path(socket_path: str) -> str:
     return sibling(socket_path, "events.jsonl")
+
+
+def open_private(path: str, flags: int, *, devices: bool = False) -> int:
+    """Open one of pmrun's own files (the lock, the daemon's log, the event log) for writing.
+
+    Never through a symlink (``O_NOFOLLOW``), never blocking on a FIFO planted there
+    (``O_NONBLOCK``), and only a file of our own uid: in a shared directory (``--socket
+    /tmp/x.sock``) another user could have made ``coordinator.log`` first and would read
+    what we append. ``devices``: a character device or FIFO the user named (``--events
+    /dev/stderr``'s target) is accepted too, if it is ours or root's. Raises
+    :class:`~pmrun.errors.SocketSecurityError`, or OSError for what the kernel refused.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SocketSecurityError(
+                f"{shown(path)} is a symlink: pmrun does not follow it"
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        me = os.geteuid()
+        if stat.S_ISREG(st.st_mode):
+            if st.st_uid != me:
+                raise SocketSecurityError(
+                    f"{shown(path)} belongs to uid {st.st_uid}, not to you (uid {me}): remove "
+                    "it or choose another --socket"
+                )
+        elif not (devices and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode))):
+            raise SocketSecurityError(f"{shown(path)} is not a regular file: remove it")
+        elif st.st_uid not in (me, 0):
+            raise SocketSecurityError(f"{shown(path)} belongs to uid {st.st_uid}, not to you")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def check_dir(path: str, *, uid: int | None = None) -> None:

@@ -38,6 +38,11 @@ _MAX_INT = 1 << 63
 # Objects and arrays nested in a frame *to* the coordinator: it serves some fields back
 # (status nests them a few levels deeper) and must be able to encode them.
 MAX_DEPTH = 32
+# What a register may carry of the agent, whatever the agent is: an agent CLI passes a whole
+# prompt as arguments, so argv is shown cut to ARGV_SHOWN_BYTES (JSON-encoded) with a marker.
+ARGV_SHOWN_BYTES = 4096
+MAX_AGENT_NAME = 200  # characters; the launcher refuses a longer --name
+MAX_AGENT_ID = 256  # the launcher's id is the name, a dot and its pid
 _INF = float("inf")
 
 STOP_REASONS = ("pool", "system-pressure")
@@ -275,8 +280,11 @@ class Register(Message):
     state: str = "running"
 
     def check(self) -> None:
-        if not self.agent_id or len(self.agent_id) > 128:
-            raise ProtocolError("register.agent_id: 1 to 128 characters")
+        if not self.agent_id or len(self.agent_id) > MAX_AGENT_ID:
+            raise ProtocolError(f"register.agent_id: 1 to {MAX_AGENT_ID} characters")
+        # What is only shown is cut, never refused: a register must not fail for its size.
+        object.__setattr__(self, "name", self.name[:MAX_AGENT_NAME])
+        object.__setattr__(self, "argv", shown_argv(self.argv))
         _nonneg(self, "launcher_pid", "child_pid", "uid", "max_rss", "warn_rss", "rss", "peak")
 
 
@@ -536,6 +544,38 @@ def decode(frame: bytes | str, max_frame: int = MAX_FRAME) -> Message:
     if max_frame <= MAX_FRAME:  # decoding for the coordinator, which trusts no client
         _servable(obj)
     return msg
+
+
+def _json_str(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def shown_argv(argv: list[str], budget: int = ARGV_SHOWN_BYTES) -> list[str]:
+    """``argv`` as a register shows it: whole while its JSON fits in ``budget`` bytes, else
+    the arguments that fit (the last one cut) and a final marker saying what was left out.
+
+    Pure; registration must never depend on how long the command line is.
+    """
+    if len(_json_str(argv)) <= budget:
+        return list(argv)
+    room = budget - 64  # what the arguments may use; the marker and brackets take the rest
+    out: list[str] = []
+    used = 2  # the brackets
+    for i, arg in enumerate(argv):
+        cost = len(_json_str(arg)) + 1
+        if used + cost > room:
+            keep = len(arg)
+            while keep and used + len(_json_str(arg[:keep])) + 1 > room:
+                keep = keep * (room - used) // (len(_json_str(arg[:keep])) + 1)
+            if keep:
+                out.append(arg[:keep])
+            left_bytes = sum(len(a.encode(errors="replace")) for a in argv[i:])
+            left_bytes -= len(arg[:keep].encode(errors="replace"))
+            out.append(f"...[{len(argv) - len(out)} more args, {left_bytes} more bytes]")
+            return out
+        out.append(arg)
+        used += cost
+    return out  # pragma: no cover - the whole argv did not fit, so some argument does not
 
 
 def error_code(exc: ProtocolError) -> str:

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import itertools
 import logging
 import os
 import signal
 import socket
-import stat
 import struct
 import time
 from collections.abc import Callable
@@ -39,6 +36,7 @@ from ..errors import PmrunError, SocketSecurityError
 from ..events import EventLog
 from . import paths, policy
 from . import protocol as p
+from .endpoint import AlreadyRunning, Endpoint, reopen_log_if_deleted
 from .policy import Level
 from .pool import (
     PSS_ZONE,
@@ -73,6 +71,7 @@ class CoordinatorSettings:
     tick_min_s: float = 0.1  # shortest, near the thresholds
     pss_interval_s: float = 1.0  # PSS is read at most this often (and right before acting)
     stop_pending_s: float = 15.0  # a stopped agent's memory counts as "being freed" this long
+    socket_check_s: float = 1.0  # how often the daemon checks its socket path still leads here
     handshake_timeout_s: float = 10.0  # a new connection must send a frame by then
     frame_timeout_s: float = 10.0  # an incomplete frame must be completed by then
     max_connections: int = 1024
@@ -963,8 +962,16 @@ class Coordinator:
         if self._stopping is not None:
             self._stopping.set()
 
-    async def serve(self, sock: socket.socket, *, ready: Callable[[], None] | None = None) -> None:
-        """Serve on the listening ``sock`` until :meth:`request_stop` (or SIGTERM/SIGINT)."""
+    async def serve(
+        self,
+        sock: socket.socket,
+        *,
+        ready: Callable[[], None] | None = None,
+        endpoint: Endpoint | None = None,
+    ) -> None:
+        """Serve on the listening ``sock`` until :meth:`request_stop` (or SIGTERM/SIGINT).
+
+        With ``endpoint`` (the daemon's lock and socket), its path is watched too."""
         self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -989,12 +996,16 @@ class Coordinator:
         )  # fmt: skip
         await self.read()
         monitor = self.loop.create_task(self._monitor())
+        servers = [server]
+        if endpoint is not None:
+            self._spawn(self._guard_endpoint(endpoint, servers))
         if ready is not None:
             ready()
         try:
             await self._stopping.wait()
         finally:
-            server.close()
+            for srv in servers:
+                srv.close()
             for c in list(self.conns.values()):
                 if c.transport is not None:
                     c.transport.close()
@@ -1007,6 +1018,41 @@ class Coordinator:
                 await asyncio.to_thread(metrics.close)
             self.events.write("coordinator.stop", pid=os.getpid())
             self.events.close()
+
+    async def _guard_endpoint(self, endpoint: Endpoint, servers: list[asyncio.Server]) -> None:
+        """Every ``socket_check_s``: keep the socket path leading here (a /tmp cleaner may
+        delete the socket, the lock or the directory), or stop if another coordinator took
+        the path meanwhile, so that there is always exactly one pool."""
+        assert self._stopping is not None
+        failing = False  # said once until it works again: a planted file must not fill the log
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.settings.socket_check_s)
+            try:
+                outcome = await asyncio.to_thread(endpoint.check)
+            except (OSError, SocketSecurityError) as e:
+                if not failing:
+                    log.warning("cannot restore the socket %s: %s", endpoint.socket_path, e)
+                failing = True
+                continue
+            failing = False
+            if outcome == Endpoint.LOST:
+                log.warning(
+                    "another coordinator took %s (its lock was deleted): stopping, "
+                    "its agents reconnect there", endpoint.socket_path,
+                )  # fmt: skip
+                self.events.write("coordinator.superseded", "warning", pid=os.getpid())
+                self.request_stop()
+                return
+            if outcome == Endpoint.REBOUND:
+                servers.append(
+                    await self.loop.create_unix_server(lambda: _Conn(self), sock=endpoint.sock)
+                )
+                servers.pop(0).close()  # listening on a deleted path: nobody can reach it
+                log.warning("the socket %s was deleted: bound it again", endpoint.socket_path)
+                self.events.write("coordinator.rebound", "warning", socket=endpoint.socket_path)
+            self.events.reopen_if_moved()
+            if await asyncio.to_thread(reopen_log_if_deleted, endpoint.socket_path):
+                log.warning("coordinator.log was deleted: logging to a new one")
 
 
 _HANDLERS: dict[type, Callable[[Coordinator, _Conn, Any], None]] = {
@@ -1088,52 +1134,6 @@ def kill_orphans(
 # -- running the daemon ------------------------------------------------------------------
 
 
-class AlreadyRunning(Exception):
-    """Another coordinator holds the lock for this socket."""
-
-
-def acquire_lock(socket_path: str) -> int:
-    """Take the per-socket lock (flock) or raise :class:`AlreadyRunning`. Returns its fd."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        fd = os.open(paths.lock_path(socket_path), flags, 0o600)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise SocketSecurityError(f"{paths.lock_path(socket_path)} is a symlink") from None
-        raise
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise AlreadyRunning(socket_path) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-def bind_socket(socket_path: str) -> socket.socket:
-    """Bind and listen on ``socket_path`` (0600), replacing a stale socket. Hold the lock first."""
-    try:
-        st = os.lstat(socket_path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise SocketSecurityError(
-                f"{socket_path} exists and is not a socket: remove it or choose another --socket"
-            )
-        os.unlink(socket_path)  # stale: we hold the lock, so no coordinator serves it
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(socket_path)
-    finally:
-        os.umask(old)
-    sock.listen(256)
-    sock.setblocking(False)
-    return sock
-
-
 def protect_from_oom(score: int) -> bool:
     """Lower our ``oom_score_adj`` so the OOM killer prefers the agents; True if it took.
 
@@ -1156,16 +1156,17 @@ def run(settings: CoordinatorSettings, *, ready: Callable[[], None] | None = Non
 
     Another coordinator already serving this socket is not an error: it returns 0 at once.
     """
-    paths.prepare_dir(settings.socket_path)
     try:
-        lock_fd = acquire_lock(settings.socket_path)
+        paths.prepare_dir(settings.socket_path)
+        endpoint = Endpoint(settings.socket_path)
     except AlreadyRunning:
         log.info("a coordinator already serves %s", settings.socket_path)
         return 0
-    sock = None
+    except OSError as e:  # EACCES, EADDRINUSE, a read-only directory: one line, exit 1
+        raise PmrunError(
+            f"cannot serve {paths.shown(settings.socket_path)}: {e.strerror or e}"
+        ) from None
     try:
-        sock = bind_socket(settings.socket_path)
-        inode = os.stat(settings.socket_path).st_ino
         if protect_from_oom(settings.oom_score_adj):
             log.info("oom_score_adj set to %d", settings.oom_score_adj)
         elif os.geteuid() == 0:
@@ -1176,13 +1177,8 @@ def run(settings: CoordinatorSettings, *, ready: Callable[[], None] | None = Non
             settings.socket_path, settings.pool_bytes, os.getpid(), settings.events_file,
             ", dry run" if settings.dry_run else "",
         )  # fmt: skip
-        asyncio.run(coord.serve(sock, ready=ready))
+        asyncio.run(coord.serve(endpoint.sock, ready=ready, endpoint=endpoint))
         log.info("stopped")
         return 0
     finally:
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                if os.stat(settings.socket_path).st_ino == inode:
-                    os.unlink(settings.socket_path)
-            sock.close()
-        os.close(lock_fd)
+        endpoint.close()

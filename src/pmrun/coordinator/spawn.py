@@ -37,15 +37,18 @@ def spawn_coordinator(
     """
     paths.prepare_dir(socket_path)
     log_file = paths.log_path(socket_path)
+    log_fd = paths.open_private(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        if os.path.getsize(log_file) > MAX_LOG_BYTES:
+        if os.fstat(log_fd).st_size > MAX_LOG_BYTES:  # the file checked ours, not a symlink
             os.replace(log_file, log_file + ".1")
-    except OSError:
-        pass
+            os.close(log_fd)
+            log_fd = paths.open_private(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except BaseException:
+        os.close(log_fd)
+        raise
     argv = argv or coordinator_argv(socket_path)
     child_env = dict(os.environ if env is None else env)
     child_env.pop("PMRUN_AGENT_ID", None)  # the daemon belongs to no agent
-    log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         pid = os.fork()

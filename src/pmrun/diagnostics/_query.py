@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import CoordinatorUnavailable
-
 
 def coordinator_status(socket_path: str) -> dict[str, Any] | None:
-    """The coordinator's status (``Coordinator.status()``), or None if none is running."""
+    """The coordinator's status (``Coordinator.status()``), or None if none is running.
+
+    One that runs but cannot be reached (permission denied, hung) is an error, not "none":
+    :class:`~pmrun.errors.CoordinatorUnavailable` says what is wrong."""
     from ..coordinator import query
 
     try:
         return query.status(socket_path)
-    except CoordinatorUnavailable:
+    except query.NotRunning:
         return None
 
 

@@ -40,7 +40,12 @@ def parse_time(text: str, now: float) -> float:
             f"invalid time {text!r}: expected a duration ago (30s, 10m, 2h, 1d) or an ISO time "
             "(2024-05-01T14:30, 2024-05-01 14:30:00+02:00)"
         ) from None
-    return when.timestamp()  # naive = local time
+    try:
+        return when.timestamp()  # naive = local time
+    except (ValueError, OverflowError, OSError):  # year 1 in a zone east of UTC, ...
+        raise UsageError(
+            f"invalid time {text!r}: out of the range this system can represent"
+        ) from None
 
 
 def event_filter(

@@ -12,6 +12,7 @@ global figure state, no display needed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -279,8 +280,11 @@ def plot_recording(
     title = f"{name}: {_command_text(rec)}\n{describe_end(rec)}"
     ax.set_title(title, fontsize=10, loc="left")
     fig.tight_layout()
+    # The format named, not guessed: without an extension matplotlib would write
+    # OUT.png beside OUT (a directory, /dev/full) and the summary would name the wrong file.
+    fmt = os.path.splitext(out_path)[1][1:].lower() or "png"
     try:
-        fig.savefig(out_path)
+        fig.savefig(out_path, format=fmt)
     except OSError as e:
         raise PmrunError(f"cannot write {out_path}: {e.strerror or e}") from None
     except ValueError as e:  # "Format 'xyz' is not supported"
