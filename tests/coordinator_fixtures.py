@@ -342,24 +342,24 @@ def fake_launcher_main(argv: list[str] | None = None) -> int:
     peak = 0
     while True:
         if child.poll() is not None:
-            link.close({"exit_code": child.returncode})
+            link.close({"exit_status": child.returncode, "reason": "exit"})
             print("EXIT", child.returncode, flush=True)
             return child.returncode
         if order:
             reason = order[0][0]
             print("STOP", reason, flush=True)
-            link.event("stopping", reason=reason)
+            link.event("stop", reason=reason)
             for pid in reversed(_procfs.descendants([child.pid])):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             child.wait()
-            link.close({"exit_code": 137, "reason": reason, "peak_bytes": peak})
+            link.close({"exit_status": 137, "reason": reason, "peak_rss_bytes": peak})
             print("EXIT 137", flush=True)
             return 137
         if wake.is_set() and not order:  # SIGTERM
             child.kill()
             child.wait()
-            link.close({"exit_code": 143})
+            link.close({"exit_status": 143, "reason": "signal"})
             return 143
         pids, rss = [], 0
         for pid in _procfs.descendants([child.pid]):

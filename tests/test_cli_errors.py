@@ -159,6 +159,10 @@ ROWS: list[tuple[str, list, Callable[[Case], None] | None, int, str]] = [
     ("gc --bogus", ["gc", "--bogus"], None, 2, "--bogus"),
     ("gc --dry-run", ["gc", "--dry-run"], None, 0, ""),
     ("init --bogus", ["init", "--bogus"], None, 2, "--bogus"),
+    ("completion tcsh", ["completion", "tcsh"], None, 2, "tcsh"),
+    ("shim install bad name", ["shim", "install", "../evil"], None, 2, "program name"),
+    ("shim remove missing", ["shim", "remove", "nothing-here"], None, 2, "nothing-here"),
+    ("claude-pm --bogus", ["claude-pm", "install-hook", "--bogus"], None, 2, "--bogus"),
     # the launcher's own edge
     ("run --bogus", ["run", "--bogus", "--", "true"], None, 125, "unknown option"),
     ("--priority 1e300", ["--priority", "1e300", "--", "true"], None, 125, "priority"),

@@ -76,8 +76,8 @@ def test_three_agents_over_a_small_pool_evict_first_then_stop_exactly_the_larges
     [sent] = d.events("stop.sent")
     assert sent["name"] == "big" and sent["reason"] == "pool" and sent["delivered"]
     dereg = [e for e in d.events("agent.deregister") if e["name"] == "big"]
-    assert dereg[0]["report"]["reason"] == "pool" and dereg[0]["report"]["exit_code"] == 137
-    launcher_events = d.events("launcher.stopping")
+    assert dereg[0]["report"]["reason"] == "pool" and dereg[0]["report"]["exit_status"] == 137
+    launcher_events = d.events("launcher.stop")
     assert launcher_events[0]["name"] == "big"
     wait_until(lambda: d.status()["pressure"]["level"] == "normal", 10, "pressure relieved")
 

@@ -25,6 +25,22 @@ log = logging.getLogger("pmrun.events")
 
 LEVELS = ("debug", "info", "warning", "critical", "error")
 
+# What a launcher reports over its link (logged as ``launcher.KIND``), and at what level:
+# the one table the launcher, the coordinator and the tests' fake launcher share, so that
+# `pmrun events --level warning` shows every agent a launcher stopped.
+LAUNCHER_EVENTS = {
+    "warn": "warning",  # the tree passed --warn-rss
+    "stop": "critical",  # the launcher is stopping its tree (its own limit or an order)
+    "kill": "critical",  # SIGKILL after the grace, or at once
+    "pause": "warning",  # the tree is frozen at the coordinator's request
+    "resume": "info",  # ... and thawed
+}
+
+
+def launcher_event_level(kind: str) -> str:
+    """The level a launcher's event is logged at; an unknown kind is ``info``."""
+    return LAUNCHER_EVENTS.get(kind, "info")
+
 
 class EventLog:
     """Appends events to ``path`` (created 0600). ``clock`` gives unix time for ``ts``."""

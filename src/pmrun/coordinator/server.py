@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import _procfs, cgroups
 from ..errors import PmrunError, SocketSecurityError
-from ..events import EventLog
+from ..events import EventLog, launcher_event_level
 from . import paths, policy
 from . import protocol as p
 from .endpoint import AlreadyRunning, Endpoint, reopen_log_if_deleted
@@ -426,10 +426,9 @@ class Coordinator:
         agent = conn.agent
         reserved = ("ts", "level", "kind", "agent", "name")
         fields = {k: v for k, v in msg.fields.items() if k not in reserved}
-        level = "warning" if msg.kind in ("warn", "stopping", "limit") else "info"
         self.events.write(
             f"launcher.{msg.kind}"[:80],
-            level,
+            launcher_event_level(msg.kind),
             agent=agent.agent_id if agent else None,
             name=agent.name if agent else None,
             **fields,
