@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pmrun import policy as launch_policy
 from pmrun.coordinator import policy
 from pmrun.coordinator.policy import Candidate, Level, Readings
 from pmrun.coordinator.pool import AgentEntry, Pool, measure_pss
@@ -172,10 +173,10 @@ def test_victims_are_enough_and_minimal_in_count_order(sizes, needed, name):
 
 
 def test_meaningful_change():
-    assert not policy.meaningful_change(100 * MIB, 104 * MIB)
-    assert policy.meaningful_change(100 * MIB, 108 * MIB)
-    assert policy.meaningful_change(1000 * MIB, 1050 * MIB)
-    assert not policy.meaningful_change(1000 * MIB, 1049 * MIB)
+    assert not launch_policy.meaningful_change(100 * MIB, 104 * MIB)
+    assert launch_policy.meaningful_change(100 * MIB, 108 * MIB)
+    assert launch_policy.meaningful_change(1000 * MIB, 1050 * MIB)
+    assert not launch_policy.meaningful_change(1000 * MIB, 1049 * MIB)
 
 
 # -- pool --------------------------------------------------------------------------------

@@ -120,3 +120,14 @@ def looks_like_max_as(
     if code == 66 or code - 128 in crash_signals:
         return True
     return peak_vsz_bytes >= near * max_as_bytes
+
+
+def meaningful_change(
+    last_sent: int, now: int, *, ratio: float = 0.05, floor: int = 8 << 20
+) -> bool:
+    """Whether a launcher's figure moved enough since the last one it sent to send it now.
+
+    max(8 MiB, 5%): small enough for the pool to follow a growing agent, large enough
+    that a tree breathing near its limit (a sample every few ms) is not a message each.
+    """
+    return abs(now - last_sent) >= max(floor, int(last_sent * ratio))

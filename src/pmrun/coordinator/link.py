@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import PmrunError, SocketSecurityError
+from ..policy import meaningful_change
 from . import protocol as p
 from .paths import default_socket_path
 
@@ -233,7 +234,7 @@ class AgentLink:
         sent = self._sent_rss
         if sent is None:
             return
-        if state != self._sent_state or abs(rss_bytes - sent) >= max(8 * MIB, sent // 20):
+        if state != self._sent_state or meaningful_change(sent, rss_bytes):
             self._poke()
 
     def event(self, kind: str, **fields: Any) -> None:
@@ -446,9 +447,7 @@ class AgentLink:
             now = time.monotonic()
             rss, peak, pids, state = self._latest
             since = now - last_sent
-            changed = state != self._sent_state or abs(rss - self._sent_rss) >= max(
-                8 * MIB, self._sent_rss // 20
-            )
+            changed = state != self._sent_state or meaningful_change(self._sent_rss, rss)
             if since >= self.heartbeat_s or (changed and since >= self.min_interval_s):
                 sock.sendall(
                     p.encode(

@@ -276,13 +276,6 @@ def next_tick_s(readings: Readings | None, min_s: float = 0.1, max_s: float = 0.
     return min(max_s, max(min_s, headroom / FILL_RATE_BYTES_PER_S))
 
 
-def meaningful_change(
-    last_sent: int, now: int, *, ratio: float = 0.05, floor: int = 8 * MIB
-) -> bool:
-    """Whether a launcher's report differs enough from the last one sent to send it now."""
-    return abs(now - last_sent) >= max(floor, int(last_sent * ratio))
-
-
 def summarize(readings: Readings) -> Mapping[str, object]:
     """The figures a decision was made on, for the event log."""
     return {
