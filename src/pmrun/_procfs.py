@@ -1,4 +1,4 @@
-"""The only module that reads /proc. Every size it returns is in bytes.
+"""Process trees, sizes and identities from /proc; every size it returns is in bytes.
 
 An agent's memory is counted as the cgroup backend's kernel counts it: anonymous memory,
 shared memory (shmem, tmpfs, memfd) and swap (:data:`COUNTED`), from ``/proc/PID/status``

@@ -17,15 +17,8 @@ def select(mode: str, *, agent_id: str, max_rss: int, warn_rss: int) -> Backend:
 
     if mode == "sampling":
         return SamplingBackend("--backend sampling", limits=(warn_rss, max_rss))
-    try:
-        from .cgroup import create_cgroup_backend
-    except ModuleNotFoundError:  # pragma: no cover - the cgroup backend ships with pmrun
-        if mode == "cgroup":
-            raise
-        return SamplingBackend(
-            "cgroup backend not available in this build", limits=(warn_rss, max_rss)
-        )
     from ..errors import CgroupError
+    from .cgroup import create_cgroup_backend
 
     try:
         return create_cgroup_backend(agent_id=agent_id, max_rss=max_rss, warn_rss=warn_rss)

@@ -53,7 +53,6 @@ class AgentEntry:
     rss_at_pss: int = 0  # its reported figure when PSS was read
     stop_reason: str | None = None
     stop_sent_at: float | None = None  # monotonic
-    last_report_at: float = 0.0  # monotonic
 
     def pool_bytes(self, use_pss: bool) -> int:
         """What this agent counts in the pool (see the module docstring)."""

@@ -390,7 +390,6 @@ class Coordinator:
             peak_bytes=msg.peak,
             pids=msg.pids,
             state=msg.state,
-            last_report_at=self.clock(),
         )
         self.pool.agents[agent.agent_id] = agent
         self._rss_total += agent.rss_bytes
@@ -419,7 +418,6 @@ class Coordinator:
         if msg.pids:
             agent.pids = msg.pids
         agent.state = msg.state
-        agent.last_report_at = self.clock()
         self._maybe_wake()
 
     def _on_event(self, conn: _Conn, msg: p.Event) -> None:
@@ -883,15 +881,9 @@ class Coordinator:
         if now - self._last_sweep < self.settings.orphan_sweep_s:
             return
         self._last_sweep = now
-        try:  # pmrun.cgroups is another module's; absent on some checkouts
-            import importlib
-
-            cleanup = importlib.import_module("pmrun.cgroups").cleanup_orphans
-        except (ImportError, AttributeError):
-            return
         try:
-            cleaned = await asyncio.to_thread(cleanup)
-        except Exception as e:  # someone else's code: log and carry on
+            cleaned = await asyncio.to_thread(cgroups.cleanup_orphans)
+        except Exception as e:  # a cgroup tree in a state we did not foresee: log, carry on
             log.warning("cgroups.cleanup_orphans failed: %s", e)
             return
         if cleaned:
