@@ -65,7 +65,11 @@ class SocketSecurityError(PmrunError):
 
 
 class ProtocolError(PmrunError):
-    """A frame on the coordinator socket is malformed."""
+    """A frame on the coordinator socket is malformed; ``code`` is the protocol's error code."""
+
+    def __init__(self, message: str, code: str = "bad-frame") -> None:
+        super().__init__(message)
+        self.code = code  # "bad-frame", "too-large", "bad-version" or "unknown-type"
 
 
 class CgroupError(PmrunError):

@@ -497,7 +497,9 @@ def encode(msg: Message, max_frame: int = MAX_FRAME) -> bytes:
     except (TypeError, ValueError) as e:
         raise ProtocolError(f"{msg.TYPE}: cannot encode: {e}") from None
     if len(data) > max_frame:
-        raise ProtocolError(f"{msg.TYPE}: frame of {len(data)} bytes exceeds {max_frame}")
+        raise ProtocolError(
+            f"{msg.TYPE}: frame of {len(data)} bytes exceeds {max_frame}", "too-large"
+        )
     return data
 
 
@@ -519,7 +521,7 @@ def _servable(obj: Any) -> None:
 def decode(frame: bytes | str, max_frame: int = MAX_FRAME) -> Message:
     """The message in one frame (with or without its newline)."""
     if len(frame) > max_frame:
-        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {max_frame}")
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {max_frame}", "too-large")
     try:
         obj = json.loads(frame)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
@@ -531,12 +533,14 @@ def decode(frame: bytes | str, max_frame: int = MAX_FRAME) -> Message:
     if isinstance(version, bool) or not isinstance(version, int):
         raise ProtocolError("missing or invalid 'version'")
     if version != VERSION:
-        raise ProtocolError(f"protocol version {version} is not supported (this is {VERSION})")
+        raise ProtocolError(
+            f"protocol version {version} is not supported (this is {VERSION})", "bad-version"
+        )
     if not isinstance(kind, str):
         raise ProtocolError("missing or invalid 'type'")
     cls = MESSAGES.get(kind)
     if cls is None:
-        raise ProtocolError(f"unknown message type {kind[:40]!r}")
+        raise ProtocolError(f"unknown message type {kind[:40]!r}", "unknown-type")
     missing = [name for name, _, default in cls._FIELDS if default is _MISSING and name not in obj]
     if missing:
         raise ProtocolError(f"{kind}: missing {', '.join(missing)}")
@@ -579,19 +583,15 @@ def shown_argv(argv: list[str], budget: int = ARGV_SHOWN_BYTES) -> list[str]:
 
 
 def error_code(exc: ProtocolError) -> str:
-    """The ``error`` code for a decode failure."""
-    text = str(exc)
-    if "exceeds" in text:
-        return "too-large"
-    if "version" in text and "not supported" in text:
-        return "bad-version"
-    if "unknown message type" in text:
-        return "unknown-type"
-    return "bad-frame"
+    """The ``error`` code for a decode failure (carried by the exception, never read from its text)."""
+    return exc.code
 
 
 class FrameTooLarge(ProtocolError):
     """A peer sent more than :data:`MAX_FRAME` bytes without a newline."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "too-large")
 
 
 class FrameBuffer:
