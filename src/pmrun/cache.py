@@ -452,16 +452,16 @@ class SharedPromptCache:
         with self._lock:
             data = self._data
             old = data.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1]  # its heap item goes stale
             if size > self._max_bytes:
-                if old is not None:
-                    self._count("capacity", 1, old[1])
+                if old is not None:  # gone rather than silently stale; its heap item goes stale
+                    self._removed("capacity", 1, old[1])
                 error = CacheValueTooLarge(key, size, self._max_bytes)
                 if self._refuse_too_large:
                     log.warning("%s", error)
                     return False
                 raise error
+            if old is not None:
+                self._bytes -= old[1]  # replaced, not evicted; its heap item goes stale
             now = self._timer()
             heap = self._expiry
             if heap and heap[0][0] <= now:
@@ -484,9 +484,8 @@ class SharedPromptCache:
             entry = self._data.pop(key, None)
             if entry is None:
                 return False
-            self._bytes -= entry[1]
             live = self._timer() < entry[2]
-            self._count("manual" if live else "ttl", 1, entry[1])
+            self._removed("manual" if live else "ttl", 1, entry[1])
             self._deletes += live
             return live
 
@@ -494,11 +493,10 @@ class SharedPromptCache:
         """Remove every entry (counted as manual evictions). Use ``evict_fraction(1)`` to also
         give the memory back to the OS."""
         with self._lock:
-            self._count("manual", len(self._data), self._bytes)
             self._invalidations += len(self._data)
+            self._removed("manual", len(self._data), self._bytes)
             self._data.clear()
             self._expiry = []
-            self._bytes = 0
 
     def invalidate(self, pattern: str | None = None, *, prefix: str | None = None) -> int:
         """Remove the entries named by ``pattern`` (the framework's rule) or ``prefix``;
@@ -530,8 +528,7 @@ class SharedPromptCache:
             freed = 0
             for k in doomed:
                 freed += self._data.pop(k)[1]
-            self._bytes -= freed
-            self._count("manual", len(doomed), freed)
+            self._removed("manual", len(doomed), freed)
             self._invalidations += len(doomed)
             self._maybe_rebuild_expiry()
             callbacks = list(self._callbacks)
@@ -598,8 +595,7 @@ class SharedPromptCache:
                 # No name keeps the popped entry: its value is freed here, under the lock.
                 dropped += data.popitem(last=False)[1][1]
                 n += 1
-            self._bytes -= dropped
-            self._count(cause, n, dropped)
+            self._removed(cause, n, dropped)
             self._maybe_rebuild_expiry()
         evicted = time.perf_counter()
         trimmed = trim and (entries + n) > 0 and _malloc.trim()
@@ -892,8 +888,7 @@ class SharedPromptCache:
                 freed += entry[1]
                 n += 1
         if n:
-            self._bytes -= freed
-            self._count("ttl", n, freed)
+            self._removed("ttl", n, freed)
         return n, freed
 
     def _make_room(self, size: int) -> None:
@@ -904,8 +899,7 @@ class SharedPromptCache:
         ):
             freed += data.popitem(last=False)[1][1]
             n += 1
-        self._bytes -= freed
-        self._count("capacity", n, freed)
+        self._removed("capacity", n, freed)
 
     def _rebuild_expiry(self) -> None:
         self._expiry = [(e[2], e[3], k) for k, e in self._data.items()]
@@ -915,7 +909,10 @@ class SharedPromptCache:
         if len(self._expiry) > 2 * len(self._data) + 64:
             self._rebuild_expiry()
 
-    def _count(self, cause: str, n: int, size: int) -> None:
+    def _removed(self, cause: str, n: int, size: int) -> None:
+        """``n`` entries of ``size`` bytes in all left the cache, for ``cause``: the one place
+        that takes them off the byte count and counts them in the stats."""
+        self._bytes -= size
         self._evictions[cause] += n
         self._evicted_bytes[cause] += size
 
