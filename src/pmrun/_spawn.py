@@ -41,6 +41,31 @@ def resolve(command: str, path: str | None) -> str:
     raise CommandNotFound(f"{command}: command not found")
 
 
+_SH = "/bin/sh"
+
+
+def _interpreter(path: str) -> str | None:
+    """The program named by ``path``'s ``#!`` line, if it has one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    return words[0].decode(errors="replace") if words else None
+
+
+def _looks_binary(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(80)
+    except OSError:
+        return True
+    return head.startswith(b"\x7fELF") or b"\0" in head.split(b"\n", 1)[0]
+
+
 def spawn(
     argv: list[str],
     env: Mapping[str, str],
@@ -77,7 +102,14 @@ def spawn(
                 prepare()
             if max_as is not None:
                 resource.setrlimit(resource.RLIMIT_AS, (max_as, max_as))
-            os.execve(executable, argv, env_list)
+            try:
+                os.execve(executable, argv, env_list)
+            except OSError as e:
+                if e.errno != errno.ENOEXEC or _looks_binary(executable):
+                    raise
+                # No #! line: run it with /bin/sh, as execvp(3) and env(1) do (not a binary,
+                # as bash's check goes: sh would only print garbage).
+                os.execve(_SH, [_SH, executable, *argv[1:]], env_list)
         except BaseException as e:  # report any failure, never return into the parent's code
             code = getattr(e, "errno", None) or errno.EINVAL
             try:
@@ -91,6 +123,11 @@ def spawn(
         os.waitpid(pid, 0)
         code_s, _, message = data.decode(errors="replace").partition(":")
         code = int(code_s) if code_s.isdigit() else errno.EINVAL
+        interp = _interpreter(executable)
+        if interp and code in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+            # execve blames the script for its #! line's program, as bash says "bad interpreter".
+            err = CommandNotFound if code != errno.EACCES else CommandNotExecutable
+            raise err(f"{argv[0]}: bad interpreter {interp}: {os.strerror(code)}")
         if code in (errno.ENOENT, errno.ENOTDIR):
             raise CommandNotFound(f"{argv[0]}: command not found")
         if code in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR):

@@ -236,6 +236,8 @@ class Launcher:
                 )
                 return
             self._pid_known.acquire()  # the command's pid is part of the registration
+            if not self._pid:  # the command never started: nothing to register
+                return
             lim = self.limits
             info = {
                 "agent_id": self.agent_id,
@@ -303,6 +305,7 @@ class Launcher:
         except BaseException:
             backend.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            self._pid_known.release()  # the link thread sees pid 0 and registers nothing
             raise
         try:
             self._pidfd = os.pidfd_open(self._pid)
