@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 PARENT_DIED = signal.SIGRTMIN + 4
 # Sent by the keeper to the launcher when the command's status is in the pipe.
 COMMAND_ENDED = signal.SIGRTMIN + 5
+# Sent by the launcher to the keeper: take the signals named on the control pipe (one
+# byte each) off your pending set. The keeper never takes the signals the launcher
+# forwards by itself, so one pending there says the sender signalled the whole process
+# group (or every process), the command included.
+DRAIN = signal.SIGRTMIN + 6
 
 # Messages on the status pipe: kind (b"P" pid, b"S" status, b"E" exec error), then fields.
 _PID = struct.Struct("=ci")
@@ -54,6 +59,16 @@ def kill_below(root: int) -> None:
         _reap_all()
 
 
+def _drain(control_r: int) -> None:
+    """Take the signals the launcher names off the pending set, so the next is seen afresh."""
+    try:
+        sigs = os.read(control_r, 4096)
+    except BlockingIOError:
+        return
+    for sig in sigs:
+        signal.sigtimedwait({sig}, 0)
+
+
 def _reap_all() -> tuple[list[tuple[int, int, int]], bool]:
     """Reap every exited child: ([(pid, status, ru_maxrss KiB)], whether any child is left)."""
     out: list[tuple[int, int, int]] = []
@@ -72,6 +87,7 @@ def run_keeper(
     launcher: int,
     status_w: int,
     cleanup: Callable[[], None] | None = None,
+    control_r: int = -1,
 ) -> None:
     """Body of the keeper process; never returns (``os._exit``)."""
     import prctl
@@ -80,7 +96,7 @@ def run_keeper(
     try:
         prctl.set_child_subreaper(1)
         prctl.set_pdeathsig(PARENT_DIED)
-        waited = {signal.SIGCHLD, PARENT_DIED}
+        waited = {signal.SIGCHLD, PARENT_DIED, DRAIN}
         signal.pthread_sigmask(signal.SIG_BLOCK, waited)
         if os.getppid() != launcher:  # the launcher died before prctl took effect
             os._exit(1)
@@ -96,7 +112,10 @@ def run_keeper(
         command_done = False
         while True:
             info = signal.sigwaitinfo(waited)
-            if info.si_signo == PARENT_DIED:
+            if info.si_signo == DRAIN:
+                _drain(control_r)
+                continue
+            if info.si_signo == PARENT_DIED and os.getppid() != launcher:
                 kill_below(os.getpid())
                 if cleanup is not None:
                     cleanup()  # e.g. remove the agent's cgroup, which nobody else will now
@@ -123,6 +142,17 @@ class Keeper:
         self.command_status: int | None = None
         self.command_maxrss_kib: int | None = None
         self._r = -1
+        self._control_w = -1
+
+    def drain(self, sig: int) -> None:
+        """Have the keeper take ``sig`` off its pending signals (see :data:`DRAIN`)."""
+        if self._control_w < 0:
+            return
+        try:
+            os.write(self._control_w, bytes((sig,)))
+        except OSError:  # the keeper is gone, or the pipe is full of unread requests
+            return
+        _signals.send(self.pid, DRAIN)
 
     def start(
         self,
@@ -145,12 +175,14 @@ class Keeper:
 
         executable = _spawn.resolve(argv[0], env.get("PATH"))  # fail fast, in the launcher
         r, w = os.pipe2(os.O_CLOEXEC)
+        control_r, control_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         launcher = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             os.close(r)
+            os.close(control_w)
             run_keeper(
                 lambda: _spawn.spawn(
                     argv, env, max_as=max_as, prepare=prepare, executable=executable
@@ -158,8 +190,11 @@ class Keeper:
                 launcher,
                 w,
                 cleanup,
+                control_r,
             )
         os.close(w)
+        os.close(control_r)
+        self._control_w = control_w
         self.pid = pid
         self._r = r
         if after_fork is not None:
@@ -167,8 +202,7 @@ class Keeper:
         head = os.read(r, _PID.size)
         if head[:1] == b"E" or len(head) < _PID.size:
             rest = head[1:] + _read_all(r)
-            os.close(r)
-            self._r = -1
+            self.close()
             os.waitpid(pid, 0)
             code_s, _, message = rest.decode(errors="replace").partition(":")
             code = int(code_s) if code_s.isdigit() else 1
@@ -193,9 +227,10 @@ class Keeper:
         return self.command_status
 
     def close(self) -> None:
-        if self._r >= 0:
-            os.close(self._r)
-            self._r = -1
+        for fd in (self._r, self._control_w):
+            if fd >= 0:
+                os.close(fd)
+        self._r = self._control_w = -1
 
 
 def _read_all(fd: int) -> bytes:

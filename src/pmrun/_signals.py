@@ -43,3 +43,43 @@ def send(pid: int, sig: int, *, parents: set[int] | None = None) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def pending(pid: int) -> int:
+    """Bit mask (bit N-1 = signal N) of the signals pending for the whole process ``pid``.
+
+    Read from /proc/PID/status (``ShdPnd``, the process-directed ones); 0 if it is gone.
+    """
+    try:
+        text = _procfs._read(f"{_procfs.PROC}/{pid}/status")
+    except (_procfs.ProcessGone, OSError):
+        return 0
+    for line in text.splitlines():
+        if line.startswith("ShdPnd:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def die_by(sig: int) -> None:
+    """End this process by ``sig``, as a wrapper whose command died by it should.
+
+    A shell tells "killed by SIGINT" from "exited 130" (bash ends a loop on ^C only for the
+    first), so the status must be the signal itself. No core of pmrun for a core signal.
+    Returns only if the signal did not end the process (then the caller exits 128+N).
+    """
+    import resource
+    import sys
+
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+        signal.signal(sig, signal.SIG_DFL)
+    except (OSError, ValueError):
+        return
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    os.kill(os.getpid(), sig)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [sig])  # e.g. SIGCONT, SIGURG: ignored by default

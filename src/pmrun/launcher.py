@@ -15,8 +15,8 @@ import _thread
 import os
 import time
 
-from . import _procfs, policy
-from ._keeper import COMMAND_ENDED, Keeper
+from . import _procfs, _signals, policy
+from ._keeper import COMMAND_ENDED, DRAIN, PARENT_DIED, Keeper
 from .backends import Backend, Sample, select
 from .errors import ExitCode, PmrunError, UsageError
 from .report import ExitReport, Limits, TopProcess, write_report
@@ -26,20 +26,20 @@ TYPE_CHECKING = False  # not `from typing import`: the launch path avoids import
 if TYPE_CHECKING:
     from typing import Any
 
-# Signals a user (or a supervisor) sends to pmrun that the command must receive.
-FORWARDED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGALRM,
-)
 # The coordinator link thread wakes the main thread with this (never forwarded).
 WAKE = signal.SIGRTMIN + 3
-WAITED = frozenset((*FORWARDED, signal.SIGCHLD, WAKE, COMMAND_ENDED))
+# pmrun's own signals, never forwarded; SIGTSTP, SIGTTIN and SIGTTOU keep their default
+# action, so pmrun stops with its job on ^Z and the shell sees the job stopped.
+OWN = frozenset((signal.SIGCHLD, WAKE, PARENT_DIED, COMMAND_ENDED, DRAIN))
+_UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+# Every other signal a user or a supervisor sends to pmrun is the command's: forwarded.
+# 32 and 33 are glibc's own (SIGRTMIN is 34), so they are left out.
+FORWARDED = tuple(
+    s
+    for s in (*range(1, 32), *range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+    if s not in OWN and s not in _UNCATCHABLE
+)
+WAITED = frozenset((*FORWARDED, *OWN))
 # si_code > 0 means the kernel sent it (e.g. the terminal's ^C to the foreground
 # process group, which the command is in too): forwarding it would deliver it twice.
 _SI_KERNEL_MIN = 1
@@ -184,11 +184,32 @@ class Launcher:
             signal.pthread_kill(self._main_thread, WAKE)
 
     def _forward(self, sig: int) -> None:
-        if self._pidfd is not None and self._child_status is None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, sig)
-            except ProcessLookupError:
-                pass
+        if self._pidfd is None or self._child_status is not None:
+            return
+        if self._group_got(sig):
+            return
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def _group_got(self, sig: int) -> bool:
+        """Whether ``sig`` was sent to pmrun's whole process group, the command included.
+
+        ``kill -TERM -- -PGID`` (and systemd's stop, which signals every process) reach the
+        command in the same system call: forwarding would deliver it twice. The keeper
+        blocks every forwarded signal and never takes one, so it is pending there exactly
+        when the sender signalled more than pmrun; then the keeper is told to discard it.
+        A command that left pmrun's process group gets it forwarded anyway.
+        """
+        keeper = self._keeper.pid
+        if not keeper or self._keeper_done or not _signals.pending(keeper) >> (sig - 1) & 1:
+            return False
+        self._keeper.drain(sig)
+        try:
+            return os.getpgid(self._pid) == os.getpgrp()
+        except OSError:
+            return True  # the command is gone
 
     def _wait(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for a signal; handle it and any others pending."""

@@ -178,7 +178,13 @@ def launch_main(args: list[str]) -> int:
             return _fail(
                 "no command given: use pmrun [OPTIONS] -- COMMAND [ARGS]...", ExitCode.LAUNCH_ERROR
             )
-        return Launcher(parsed.command, build_settings(parsed)).run()
+        launcher = Launcher(parsed.command, build_settings(parsed))
+        code = launcher.run()
+        if launcher.report.reason == "signal" and launcher.report.signal:
+            from .._signals import die_by
+
+            die_by(launcher.report.signal)  # as the command died: a shell loop stops on ^C
+        return code
     except (CommandNotFound, CommandNotExecutable) as e:
         return _fail(str(e), e.exit_code)
     except PmrunError as e:
