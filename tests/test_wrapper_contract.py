@@ -318,3 +318,245 @@ def test_sigstop_then_sigcont_of_pmrun_alone_resumes_supervision_at_once() -> No
     finally:
         p.kill()
         p.wait()
+
+
+# -- hostile environments: the command behaves as it does bare ------------------------
+
+# (id, shell set-up before the command, pmrun options, command). Each runs once bare and
+# once under pmrun, in bash with pipefail; exit status, stdout and stderr must match,
+# except for at most ``PMRUN_LINES[id]`` lines of pmrun's own on stderr.
+AS_BARE = [
+    ("stdout-closed", "exec >&-", [], "sh -c 'echo out; echo \"st=$?\" >&2; exit 4'"),
+    ("stderr-closed", "exec 2>&-", [], "sh -c 'echo out; echo err >&2; exit 3'"),
+    ("stdin-closed", "exec <&-", [], "sh -c 'cat; echo \"cat=$?\"'"),
+    ("all-closed", "exec <&- >&- 2>&-", [], "sh -c 'exit 6'"),
+    ("deleted-cwd", "mkdir gone && cd gone && rmdir ../gone", [], "sh -c 'echo ran; exit 2'"),
+    ("reader-gone", "", [], "yes | head -n 2"),  # yes dies by SIGPIPE: 141 with pipefail
+    ("no-shebang", "printf 'echo plain $1\\n' > plain; chmod +x plain", [], "./plain arg"),
+    ("non-utf8-arg", "", [], "printf '%s|' $'\\xff\\xfe' caf$'\\xe9'"),
+    ("non-utf8-env", "export X=$'\\xff'", [], "sh -c 'printf %s \"$X\" | od -An -c'"),
+    ("empty-path", "", [], "env PATH= /bin/sh -c 'echo $PATH; exit 9'"),
+    ("record-missing-dir", "", ["--record", "no/such/dir/rec"], "sh -c 'echo ran; exit 5'"),
+    ("record-fifo-no-reader", "mkfifo f", ["--record", "f"], "sh -c 'echo ran; exit 5'"),
+    ("record-is-dir", "mkdir d", ["--record", "d"], "sh -c 'echo ran; exit 5'"),
+    ("report-missing-dir", "", ["--report", "no/such/rep"], "sh -c 'echo ran; exit 5'"),
+]
+PMRUN_LINES = {
+    "record-missing-dir": 1,
+    "record-fifo-no-reader": 1,
+    "record-is-dir": 1,
+    "report-missing-dir": 1,
+}
+
+
+def _bash(script: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["bash", "--norc", "--noprofile", "-o", "pipefail", "-c", script],
+        capture_output=True,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(("case", "setup", "opts", "command"), AS_BARE, ids=[c[0] for c in AS_BARE])
+def test_command_behaves_as_bare(
+    tmp_path: Path, case: str, setup: str, opts: list[str], command: str
+) -> None:
+    runs = {}
+    for kind in ("bare", "pmrun"):
+        d = tmp_path / kind
+        d.mkdir()
+        flags = [o for o in opts if o != "--coordinator"]
+        if "--coordinator" not in opts:
+            flags.insert(0, "--no-coordinator")
+        prefix = f"{PMRUN} {' '.join(flags)} -- " if kind == "pmrun" else ""
+        # The command's own words name bash's pipeline member; pmrun goes in front of each.
+        cmd = " | ".join(prefix + part.strip() for part in command.split(" | "))
+        runs[kind] = _bash(f"{setup + ';' if setup else ''} {cmd}", d)
+    bare, under = runs["bare"], runs["pmrun"]
+    assert b"Traceback" not in under.stderr, under.stderr
+    assert under.returncode == bare.returncode, (bare, under)
+    assert under.stdout == bare.stdout, (bare, under)
+    own = [ln for ln in under.stderr.splitlines() if ln.startswith(b"pmrun:")]
+    assert len(own) == PMRUN_LINES.get(case, 0), under.stderr
+    rest = [ln for ln in under.stderr.splitlines() if not ln.startswith(b"pmrun:")]
+    assert rest == bare.stderr.replace(b"/bare/", b"/pmrun/").splitlines(), (bare, under)
+
+
+# -- pmrun's own I/O trouble never touches the command --------------------------------
+
+# Allocate MB, say so, wait for the marker file, then allocate MORE MB and exit CODE.
+PHASES = """
+import os, sys, time
+mb, marker, more, code = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+held = [b"x" * (1 << 20) for _ in range(mb)]
+print("allocated", flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(marker) and time.monotonic() < deadline:
+    time.sleep(0.01)
+held += [b"x" * (1 << 20) for _ in range(more)]
+time.sleep(0.5 if more else 0)
+sys.exit(code)
+"""
+
+
+def _events(recording: Path) -> list[str]:
+    import json
+
+    kinds = []
+    try:
+        text = recording.read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if obj.get("type") == "event":
+            kinds.append(obj["kind"])
+    return kinds
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs with one page (4 KiB) left free."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)])
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "filler").write_bytes(b"f" * (60 << 10))
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_disk_filling_mid_run_stops_the_recording_not_the_command(
+    tmp_path: Path, full_tmpfs: Path
+) -> None:
+    import json
+
+    marker, report = tmp_path / "go", tmp_path / "r.json"
+    p = subprocess.Popen(
+        [PMRUN, "--no-coordinator", "--max-rss", "200M", "--warn-rss", "190M", "--grace", "0"]
+        + ["--record", str(full_tmpfs / "rec"), "--report", str(report)]
+        + ["--", PYTHON, "-c", PHASES, "150", str(marker), "300", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stderr is not None
+        line = p.stderr.readline()  # near the limit: ~100 lines a second fill the page
+        assert "cannot record to" in line and "No space left" in line, line
+        assert p.poll() is None  # the command goes on, supervised:
+        marker.touch()
+        assert p.wait(30) == 137
+        rest = p.stderr.read()
+    finally:
+        p.kill()
+        p.wait()
+    assert "cannot record" not in rest and "Traceback" not in rest, rest
+    assert "passed --max-rss" in rest
+    data = json.loads(report.read_text())
+    assert data["reason"] == "max-rss"
+    assert data["extra"]["pmrun_errors"] == [line.removeprefix("pmrun: ").strip()]
+
+
+def test_warning_to_a_stderr_whose_reader_is_gone_costs_only_the_line(tmp_path: Path) -> None:
+    marker, rec = tmp_path / "go", tmp_path / "rec"
+    p = subprocess.Popen(
+        [PMRUN, "--no-coordinator", "--max-rss", "1G", "--warn-rss", "20M", "--record", str(rec)]
+        + ["--", PYTHON, "-c", PHASES, "60", str(marker), "0", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stderr is not None and p.stdout is not None
+        p.stderr.close()  # the reader of pmrun's stderr is gone: its next write is EPIPE
+        assert p.stdout.readline() == "allocated\n"
+        wait_until(lambda: "warn" in _events(rec), 20, "the warning was due")
+        marker.touch()
+        assert p.wait(30) == 3
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_warning_on_a_terminal_waits_for_the_exit(tmp_path: Path) -> None:
+    """A full-screen agent owns the terminal: no line in its first row while it runs."""
+    marker, rec = tmp_path / "go", tmp_path / "rec"
+    argv = [PMRUN, "--no-coordinator", "--max-rss", "1G", "--warn-rss", "20M"]
+    argv += ["--record", str(rec), "--", PYTHON, "-c", PHASES, "60", str(marker), "0", "0"]
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs
+        os.execv(PMRUN, argv)
+    out = bytearray()
+    try:
+        assert _read_until(fd, b"allocated", out)
+        wait_until(lambda: "warn" in _events(rec), 20, "the warning was due")
+        _read_until(fd, b"passed --warn-rss", out, timeout=0.5)
+        assert b"--warn-rss" not in out
+        marker.touch()
+        _read_until(fd, b"\0", out, timeout=20)  # to EOF
+        _, status = os.waitpid(pid, 0)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert out.count(b"passed --warn-rss 20.0M") == 1, out
+
+
+def test_record_writes_through_a_fifo_and_our_symlink(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, there before pmrun
+    os.set_blocking(rfd, True)
+    got = bytearray()
+
+    def read() -> None:  # EOF comes before the first writer too: read on until the end line
+        deadline = time.monotonic() + 20
+        while b'"type":"end"' not in got and time.monotonic() < deadline:
+            chunk = os.read(rfd, 65536)
+            got.extend(chunk)
+            if not chunk:
+                time.sleep(0.01)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        r = pmrun("--no-coordinator", "--record", str(fifo), "--", "true")
+    finally:
+        reader.join(20)
+        os.close(rfd)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert fifo.exists() and not fifo.is_file()  # still the FIFO
+    assert b'"type":"start"' in got and b'"type":"end"' in got
+    target = tmp_path / "target"
+    (tmp_path / "link").symlink_to(target)
+    r = pmrun("--no-coordinator", "--record", str(tmp_path / "link"), "--", "true")
+    assert r.returncode == 0 and r.stderr == ""
+    assert (tmp_path / "link").is_symlink() and b'"type":"end"' in target.read_bytes()
+
+
+def test_record_refuses_a_symlink_planted_by_another_user(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by all; without the sticky bit the kernel does not protect it
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    planted = shared / "rec"
+    planted.symlink_to(victim)
+    os.lchown(planted, 65534, 65534)  # nobody's link
+    r = pmrun("--no-coordinator", "--record", str(planted), "--", "sh", "-c", "exit 4")
+    assert r.returncode == 4
+    assert_one_pmrun_line(r.stderr, "symlink of another user")
+    assert victim.read_text() == "precious\n"

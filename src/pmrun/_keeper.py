@@ -168,7 +168,6 @@ class Keeper:
 
         Raises the command's exec error (127/126) as the launcher would.
         """
-        import sys
 
         from . import _spawn
         from .errors import CommandNotExecutable, CommandNotFound, PmrunError
@@ -177,8 +176,7 @@ class Keeper:
         r, w = os.pipe2(os.O_CLOEXEC)
         control_r, control_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         launcher = os.getpid()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _spawn.flush_std()
         pid = os.fork()
         if pid == 0:
             os.close(r)

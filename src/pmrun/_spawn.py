@@ -21,6 +21,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 
+def flush_std() -> None:
+    """Flush Python's stdout/stderr before a fork, whatever state they are in (None, EPIPE)."""
+    for f in (sys.stdout, sys.stderr):
+        try:
+            if f is not None:
+                f.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def resolve(command: str, path: str | None) -> str:
     """Find ``command`` like execvp would; raise the 127/126 errors a shell gives."""
     if "/" in command:
@@ -85,8 +95,7 @@ def spawn(
     env_list = {k: v for k, v in env.items()}
     parent = os.getpid()
     r, w = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_std()
     pid = os.fork()
     if pid == 0:  # the child: only exec or _exit from here
         try:

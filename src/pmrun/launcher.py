@@ -13,6 +13,7 @@ from __future__ import annotations
 import _signal as signal  # the C module: signal.py would import enum for its IntEnums
 import _thread
 import os
+import select as _io
 import time
 
 from . import _procfs, _signals, policy
@@ -133,11 +134,37 @@ class Launcher:
         self._link_ready = _thread.allocate_lock()  # released when the link thread is done
         self._link_ready.acquire()
         self._start_times: dict[int, int] = {}  # pid -> start time, for the coordinator
+        self._troubles: list[str] = []  # pmrun's own I/O trouble, said once each, in the report
+        self._deferred: list[str] = []  # lines kept for the end (stderr is a terminal)
 
     # -- the parts --------------------------------------------------------------
 
     def _say(self, text: str) -> None:
-        os.write(2, f"pmrun: {text}\n".encode(errors="replace"))
+        """One line on stderr, if it can take it now: never block, never fail on pmrun's words.
+
+        A stderr whose reader is gone (EPIPE), full (a stalled pipe) or closed costs the
+        line, not the command.
+        """
+        data = f"pmrun: {text}\n".encode(errors="replace")
+        try:
+            poller = _io.poll()
+            poller.register(2, _io.POLLOUT)
+            if any(ev & _io.POLLOUT for _, ev in poller.poll(0)):
+                os.write(2, data)
+        except OSError:
+            pass
+
+    def _trouble(self, text: str) -> None:
+        """pmrun's own trouble (a recording that cannot be written, ...): said once, reported."""
+        if text not in self._troubles:
+            self._troubles.append(text)
+            self._say(text)
+
+    def _check_recorder(self) -> None:
+        rec = self._recorder
+        if rec is not None and rec.error is not None:
+            self._trouble(rec.error)
+            self._recorder = None
 
     def _reap(self) -> None:
         """Reap our exited children (the keeper); pick up the command's status from it."""
@@ -283,6 +310,7 @@ class Launcher:
     def _event(self, kind: str, **fields: Any) -> None:
         if self._recorder is not None:
             self._recorder.event(kind, **fields)
+            self._check_recorder()
         if self._link is not None:
             self._link.event(kind, **fields)
 
@@ -354,6 +382,7 @@ class Launcher:
                     "backend": backend.describe(),
                 },
             )
+            self._check_recorder()
         try:
             report = self._supervise(backend, start_wall)
         finally:
@@ -367,8 +396,13 @@ class Launcher:
             self._recorder.end(
                 reason=report.reason, exit_status=report.exit_status, peak_rss=report.peak_rss_bytes
             )
+            self._check_recorder()
+        for line in self._deferred:
+            self._say(line)
         if report.reason not in ("exit", "signal"):
             self._say(report.message)
+        if self._troubles:
+            report.extra["pmrun_errors"] = list(self._troubles)
         if self.settings.report_path:
             try:
                 write_report(report, self.settings.report_path)
@@ -413,7 +447,13 @@ class Launcher:
                     f"warning: {self.settings.name} (pid {self._pid}) tree RSS {format_size(s.rss_bytes)}"
                     f" passed --warn-rss {format_size(lim.warn_rss)} (stop at {format_size(lim.max_rss)})"
                 )
-                if not self.settings.quiet:
+                if self.settings.quiet:
+                    pass
+                elif _stderr_is_terminal():
+                    # A full-screen program (an agent's TUI) owns the terminal: a line in its
+                    # first row would garble it. Said at exit; the events have it at once.
+                    self._deferred.append(f"{msg} at {time.strftime('%H:%M:%S')}")
+                else:
                     self._say(msg)
                 self._event("warn", rss=s.rss_bytes, warn_rss=lim.warn_rss)
             elif crossing == policy.Crossing.MAX:
@@ -506,6 +546,7 @@ class Launcher:
             procs = {p.pid: p.rss_bytes for p in s.processes}
             names = {p: _name(p) for p in procs if not self._recorder.knows(p)}
             self._recorder.sample(s.rss_bytes, procs, names, force=force)
+            self._check_recorder()
         if self._link is not None:
             # (pid, start time) identifies each process for the coordinator's orphan
             # cleanup; a start time never changes, so read it once per pid.
@@ -582,6 +623,13 @@ class Launcher:
         if reason == "signal":
             return f"{name} (pid {self._pid}) was killed by signal {os.WTERMSIG(status)}"
         return f"{name} (pid {self._pid}) exited with status {os.WEXITSTATUS(status)}"
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return os.isatty(2)
+    except OSError:
+        return False
 
 
 def _name(pid: int) -> str:

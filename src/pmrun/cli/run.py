@@ -131,7 +131,7 @@ def build_settings(parsed: Parsed):
     from ..launcher import LaunchSettings
     from ..report import Limits
 
-    cfg = config.load(parsed.flags)
+    cfg = config.load(parsed.flags, cwd=_cwd())
     max_rss, warn_rss = cfg["agent.max-rss"], cfg["agent.warn-rss"]
     if cfg.source("agent.warn-rss") == "default" and warn_rss > max_rss:
         # Only an explicit --warn-rss above --max-rss is an error; the default
@@ -158,8 +158,48 @@ def build_settings(parsed: Parsed):
     )
 
 
+def _cwd():  # -> Path | None (the launch path does not import typing)
+    """Where to look for the project config from: the cwd, or where a deleted one was.
+
+    A deleted working directory is no error for the command (it runs there as bare), so
+    the project config is looked for from its former place upwards.
+    """
+    from pathlib import Path
+
+    try:
+        os.getcwd()
+        return None
+    except OSError:
+        pass
+    try:
+        former = os.readlink("/proc/self/cwd").removesuffix(" (deleted)")
+    except OSError:
+        return Path("/")
+    return Path(former)
+
+
+def reserve_std_fds() -> None:
+    """Hold closed fds 0-2 with /dev/null, close-on-exec, until the command starts.
+
+    Started with ``>&-`` or ``2>&-``, pmrun would otherwise hand those numbers to its own
+    pipes and files (and write its messages into them); close-on-exec gives the command
+    the same closed fd it would have had bare.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            if held != fd:
+                os.dup2(held, fd, inheritable=False)
+                os.close(held)
+
+
 def _fail(message: str, code: int) -> int:
-    os.write(2, f"pmrun: {message}\n".encode(errors="replace"))
+    try:
+        os.write(2, f"pmrun: {message}\n".encode(errors="replace"))
+    except OSError:  # stderr's reader is gone: the exit code still says it
+        pass
     return code
 
 
@@ -167,6 +207,7 @@ def launch_main(args: list[str]) -> int:
     """Entry point of ``pmrun [OPTIONS] -- COMMAND``; returns the exit status."""
     from ..launcher import Launcher
 
+    reserve_std_fds()
     try:
         parsed = parse(args)
         if parsed.help:
