@@ -560,3 +560,53 @@ def test_record_refuses_a_symlink_planted_by_another_user(tmp_path: Path) -> Non
     assert r.returncode == 4
     assert_one_pmrun_line(r.stderr, "symlink of another user")
     assert victim.read_text() == "precious\n"
+
+
+# -- pmrun's own errors: one line, exit 125 -----------------------------------------
+
+OWN_ERRORS = [
+    ([], "no command given"),
+    (["run"], "no command given"),
+    (["run", "--max-rss", "1G"], "no command given"),
+    (["--no-coordinator", "--max-rss", "1.5", "--", "true"], "--max-rss 1 is below 1.0M"),
+    (["--no-coordinator", "--max-rss", "100K", "--", "true"], "below 1.0M"),
+    (["--no-coordinator", "--max-rss", "0", "--", "true"], "--max-rss"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), OWN_ERRORS, ids=[" ".join(a) for a, _ in OWN_ERRORS])
+def test_own_errors_are_one_line_and_125(args: list[str], message: str) -> None:
+    r = pmrun(*args)
+    assert r.returncode == 125, r
+    assert r.stdout == ""
+    assert_one_pmrun_line(r.stderr, message)
+
+
+def test_default_warning_comes_before_a_small_limit(tmp_path: Path) -> None:
+    import json
+
+    for max_rss, warn in (("500M", 250 << 20), ("400M", 200 << 20), ("2G", 500 << 20)):
+        report = tmp_path / f"{max_rss}.json"
+        r = pmrun("--no-coordinator", "--max-rss", max_rss, "--report", str(report), "--", "true")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(report.read_text())["limits"]["warn_rss"] == warn, max_rss
+
+
+def test_name_with_a_space_keeps_the_cgroup_backend_and_its_display(tmp_path: Path) -> None:
+    import json
+
+    from pmrun.errors import CgroupError
+
+    try:
+        from pmrun.cgroups import detect
+
+        detect()
+    except (ImportError, CgroupError):
+        pytest.skip("no cgroup this process may create")
+    report = tmp_path / "r.json"
+    r = pmrun("--no-coordinator", "--name", "my agent/1 é", "--report", str(report), "--", "true")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(report.read_text())
+    assert data["backend"]["name"].startswith("cgroup"), data["backend"]
+    assert data["name"] == "my agent/1 é"
+    assert data["agent_id"].startswith("my_agent_1__.")

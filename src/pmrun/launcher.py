@@ -87,9 +87,20 @@ class LaunchSettings:
         self.quiet = quiet
 
 
+# Below this no program starts, so a smaller --max-rss is a mistake ("1.5" is 1 byte).
+MIN_MAX_RSS_BYTES = 1 << 20
+
+
 def agent_name(argv: list[str]) -> str:
-    base = os.path.basename(argv[0]) or "agent"
-    return "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in base)[:64]
+    return safe_id(os.path.basename(argv[0]) or "agent")
+
+
+def safe_id(name: str) -> str:
+    """``name`` as the ``[A-Za-z0-9_.-]`` an agent id (and its cgroup's name) is made of.
+
+    The name itself, spaces and all, stays what status and messages show.
+    """
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in name)[:64]
 
 
 def validate(argv: list[str], settings: LaunchSettings) -> None:
@@ -97,8 +108,12 @@ def validate(argv: list[str], settings: LaunchSettings) -> None:
     lim = settings.limits
     if not argv:
         raise UsageError("no command given: use pmrun [OPTIONS] -- COMMAND [ARGS]...")
-    if lim.max_rss <= 0:
-        raise UsageError("--max-rss must be more than 0")
+    if lim.max_rss < MIN_MAX_RSS_BYTES:
+        raise UsageError(
+            f"--max-rss {format_size(lim.max_rss) if lim.max_rss >= 1024 else lim.max_rss}"
+            f" is below {format_size(MIN_MAX_RSS_BYTES)}: no program starts in that"
+            " (sizes without a unit are bytes)"
+        )
     if lim.warn_rss > lim.max_rss:
         raise UsageError(
             f"--warn-rss {format_size(lim.warn_rss)} is above --max-rss {format_size(lim.max_rss)}:"
@@ -119,7 +134,7 @@ class Launcher:
         self.settings = settings
         settings.name = settings.name or agent_name(argv)
         self.limits = settings.limits
-        self.agent_id = f"{self.settings.name}.{os.getpid()}"
+        self.agent_id = f"{safe_id(self.settings.name) or 'agent'}.{os.getpid()}"
         self._order: tuple[str, dict[str, Any]] | None = None  # stop ordered by the coordinator
         self._child_status: int | None = None
         self._keeper = Keeper()

@@ -133,9 +133,10 @@ def build_settings(parsed: Parsed):
 
     cfg = config.load(parsed.flags, cwd=_cwd())
     max_rss, warn_rss = cfg["agent.max-rss"], cfg["agent.warn-rss"]
-    if cfg.source("agent.warn-rss") == "default" and warn_rss > max_rss:
+    if cfg.source("agent.warn-rss") == "default" and warn_rss >= max_rss:
         # Only an explicit --warn-rss above --max-rss is an error; the default
-        # warning follows a smaller limit down, keeping the defaults' ratio (1/2).
+        # warning follows a limit at or below it down, keeping the defaults' ratio (1/2):
+        # a warning at the limit itself would never come before the stop.
         warn_rss = max_rss // 2
     limits = Limits(
         max_rss=max_rss,
