@@ -37,12 +37,22 @@ _PID = struct.Struct("=ci")
 _STATUS = struct.Struct("=ciiq")  # kind, pid, wait status, ru_maxrss in KiB
 
 
-def kill_below(root: int) -> None:
-    """SIGSTOP then SIGKILL every descendant of ``root`` until none is left alive."""
+def kill_below(
+    root: int,
+    *,
+    spare: Callable[[int], bool] | None = None,
+    reap: Callable[[], object] | None = None,
+) -> list[int]:
+    """SIGSTOP then SIGKILL every descendant of ``root`` until none we may kill is alive.
+
+    Returns the pids left alive because they refused the signal (another uid). Children
+    of ``root`` for which ``spare(pid)`` is true are left alone, with their descendants.
+    """
+    reap = reap or _reap_all
     while True:
         stopped: set[int] = set()
         for _ in range(100):
-            pids = _procfs.descendants(_procfs.children(root))
+            pids = _below(root, spare)
             new = [p for p in pids if p not in stopped]
             if not new:
                 break
@@ -50,13 +60,24 @@ def kill_below(root: int) -> None:
             for p in new:
                 _signals.send(p, signal.SIGSTOP, parents=parents)
                 stopped.add(p)
-        pids = _procfs.descendants(_procfs.children(root))
-        if not _procfs.any_alive(pids):
-            return
+        pids = _below(root, spare)
+        killable = [p for p in pids if p not in _signals.REFUSED]
+        if not _procfs.any_alive(killable):
+            return [p for p in pids if p in _signals.REFUSED and _procfs.any_alive([p])]
         parents = {root, *pids}
-        for p in pids:
+        for p in killable:
             _signals.send(p, signal.SIGKILL, parents=parents)
-        _reap_all()
+        reap()
+
+
+def _below(root: int, spare: Callable[[int], bool] | None) -> list[int]:
+    try:
+        kids = _procfs.children(root)
+    except _procfs.ProcessGone:  # the keeper exited: its tree is empty
+        return []
+    if spare is not None:
+        kids = [k for k in kids if not spare(k)]
+    return _procfs.descendants(kids)
 
 
 def _drain(control_r: int) -> None:
@@ -116,6 +137,7 @@ def run_keeper(
                 _drain(control_r)
                 continue
             if info.si_signo == PARENT_DIED and os.getppid() != launcher:
+                # What refused SIGKILL (another uid) is left to whoever adopts it.
                 kill_below(os.getpid())
                 if cleanup is not None:
                     cleanup()  # e.g. remove the agent's cgroup, which nobody else will now

@@ -8,6 +8,9 @@ import os
 from . import _procfs
 
 _HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+# Pids that refused a signal (EPERM): a process of the tree that changed its uid (a
+# setuid program that set its real uid too, sudo) cannot be stopped by a non-root pmrun.
+REFUSED: set[int] = set()
 
 
 def send(pid: int, sig: int, *, parents: set[int] | None = None) -> bool:
@@ -29,6 +32,9 @@ def send(pid: int, sig: int, *, parents: set[int] | None = None) -> bool:
             return True
         except ProcessLookupError:
             return False
+        except PermissionError:
+            REFUSED.add(pid)
+            return False
     try:
         if parents is not None:
             try:
@@ -40,6 +46,9 @@ def send(pid: int, sig: int, *, parents: set[int] | None = None) -> bool:
         signal.pidfd_send_signal(fd, sig)
         return True
     except ProcessLookupError:
+        return False
+    except PermissionError:
+        REFUSED.add(pid)
         return False
     finally:
         os.close(fd)
@@ -77,7 +86,8 @@ def die_by(sig: int) -> None:
             pass
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # their action cannot be changed
+            signal.signal(sig, signal.SIG_DFL)
     except (OSError, ValueError):
         return
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])

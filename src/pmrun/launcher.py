@@ -17,7 +17,7 @@ import select as _io
 import time
 
 from . import _procfs, _signals, policy
-from ._keeper import COMMAND_ENDED, DRAIN, PARENT_DIED, Keeper
+from ._keeper import COMMAND_ENDED, DRAIN, PARENT_DIED, Keeper, kill_below
 from .backends import Backend, Sample, select
 from .errors import ExitCode, PmrunError, UsageError
 from .report import ExitReport, Limits, TopProcess, write_report
@@ -139,6 +139,8 @@ class Launcher:
         self._child_status: int | None = None
         self._keeper = Keeper()
         self._keeper_done = False  # the keeper exited: no process of the tree is left
+        self._keeper_lost = False  # ... without the command's status: killed from outside
+        self._socket_path: str | None = None
         self._pid = 0
         self._pidfd: int | None = None
         self._main_thread = _thread.get_ident()
@@ -196,8 +198,11 @@ class Launcher:
         if self._child_status is None:
             self._child_status = self._keeper.poll_status()
         if self._keeper_done and self._child_status is None:
-            # The keeper died without a status (killed from outside): the tree is gone.
+            # The keeper died without a status (killed from outside, maybe by the agent
+            # itself): the command got SIGKILL as its parent-death signal, and what else
+            # lived below the keeper is now ours (pmrun is a subreaper too).
             self._child_status = signal.SIGKILL
+            self._keeper_lost = True
 
     def _on_stop_order(self, reason: str, detail: dict[str, Any]) -> None:
         """Called from the coordinator link thread: stop this agent (pool or system pressure)."""
@@ -333,7 +338,8 @@ class Launcher:
 
     def run(self) -> int:
         lim = self.limits
-        socket_path = self._coordinator_socket()
+        socket_path = self._socket_path = self._coordinator_socket()
+        _become_subreaper()
         backend = select(
             self.settings.backend,
             agent_id=self.agent_id,
@@ -498,9 +504,14 @@ class Launcher:
             # The command is gone but left processes behind (daemons, workers):
             # nothing of the tree outlives pmrun.
             self._stop_tree(backend, watch)
+        if self._keeper_lost:
+            self._kill_adopted()
         # Wait for the command itself (it may still be exiting), then for the keeper,
-        # which exits once it has reaped the last process of the tree.
+        # which exits once it has reaped the last process of the tree, or once only
+        # processes that refused our SIGKILL (another uid) are left.
         while self._child_status is None or not self._keeper_done:
+            if self._child_status is not None and self._only_refused_left(backend):
+                break
             self._wait(0.05)
         end_wall = time.time()
         status = self._child_status
@@ -588,7 +599,7 @@ class Launcher:
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 self._wait(min(0.02, max(deadline - time.monotonic(), 0)))
-                if not _live(backend):
+                if not _live(backend) or self._only_refused_left(backend):
                     break
                 s = backend.sample()
                 watch.peak_bytes = max(watch.peak_bytes, s.rss_bytes)
@@ -599,8 +610,46 @@ class Launcher:
                     break
         if _live(backend):
             self._event("kill", why="grace over" if grace > 0 else "grace 0")
-        backend.kill_all(self._reap)
+        if backend.describe().get("name") == "sampling" and self._keeper.pid:
+            # The same freeze-and-kill walk, but one that gives up on what refuses it.
+            self._refused(kill_below(self._keeper.pid, reap=self._reap))
+        else:
+            backend.kill_all(self._reap)
         self._reap()
+
+    def _kill_adopted(self) -> None:
+        """The keeper is gone: kill what it left to pmrun, its subreaper (by pidfd).
+
+        A coordinator this launcher started on demand is its child too (double-forked
+        daemons go to the nearest subreaper): it is spared.
+        """
+        self._refused(kill_below(os.getpid(), spare=self._is_coordinator, reap=self._reap))
+
+    def _is_coordinator(self, pid: int) -> bool:
+        if not self._socket_path:
+            return False
+        from .coordinator.spawn import coordinator_argv
+
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")[:-1]
+        except OSError:
+            return False
+        return [os.fsdecode(a) for a in argv] == coordinator_argv(self._socket_path)
+
+    def _only_refused_left(self, backend: Backend) -> bool:
+        alive = [p for p in backend.pids() if _procfs.any_alive([p])]
+        return bool(alive) and all(p in _signals.REFUSED for p in alive)
+
+    def _refused(self, pids: list[int]) -> None:
+        """Say once which processes pmrun could not stop: they changed their uid."""
+        if not pids:
+            return
+        who = ", ".join(f"pid {p} {_name(p)} (uid {_owner(p)})" for p in pids[:5])
+        self._trouble(
+            f"cannot stop {len(pids)} process(es) of the tree that changed their uid, left"
+            f" running: {who}"
+        )
 
     def _message(
         self,
@@ -638,6 +687,24 @@ class Launcher:
         if reason == "signal":
             return f"{name} (pid {self._pid}) was killed by signal {os.WTERMSIG(status)}"
         return f"{name} (pid {self._pid}) exited with status {os.WEXITSTATUS(status)}"
+
+
+def _become_subreaper() -> None:
+    """Make pmrun a child subreaper too: if the agent kills its keeper, the keeper's
+    orphans (a setsid'd daemon) come to pmrun, which kills them, instead of to init."""
+    try:
+        import _prctl  # python-prctl's C module: its Python wrapper costs 1 ms more
+
+        _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
+    except (ImportError, OSError):  # pragma: no cover - best effort
+        pass
+
+
+def _owner(pid: int) -> str:
+    try:
+        return str(os.stat(f"/proc/{pid}").st_uid)
+    except OSError:
+        return "?"
 
 
 def _stderr_is_terminal() -> bool:
