@@ -153,6 +153,7 @@ class Launcher:
         self._start_times: dict[int, int] = {}  # pid -> start time, for the coordinator
         self._troubles: list[str] = []  # pmrun's own I/O trouble, said once each, in the report
         self._deferred: list[str] = []  # lines kept for the end (stderr is a terminal)
+        self._kernel_wakes = False  # the kernel wakes us at the limit (cgroup v1 threshold)
 
     # -- the parts --------------------------------------------------------------
 
@@ -223,6 +224,7 @@ class Launcher:
             return
         if fd is None:
             return
+        self._kernel_wakes = True
         while True:
             try:
                 os.read(fd, 8)
@@ -435,6 +437,7 @@ class Launcher:
     def _supervise(self, backend: Backend, start_wall: float) -> ExitReport:
         lim = self.limits
         watch = policy.LimitWatch(lim.warn_rss, lim.max_rss)
+        flatness = policy.Flatness()
         samples = 0
         peak_vsz = 0
         biggest: TopProcess | None = None
@@ -490,7 +493,13 @@ class Launcher:
                 reason = "kernel-oom"
                 stop = {"rss": s.rss_bytes, "oom_kills": _oom_detail(backend)}
                 break
-            interval = policy.next_interval_s(s.rss_bytes, lim.max_rss, growth)
+            interval = policy.next_interval_s(
+                s.rss_bytes,
+                lim.max_rss,
+                growth,
+                flat_s=flatness.observe(s.rss_bytes, now),
+                kernel_wakes=self._kernel_wakes,
+            )
             if lim.max_as is not None and s.processes:
                 # Watch the address space near --max-as too, so that a failure there
                 # can be told from any other crash (it is per process, like RLIMIT_AS).
