@@ -102,7 +102,8 @@ PARKED = int(0.97 * 400 * M)
         (1.0, 0.0, False, policy.PARKED_MAX_INTERVAL_S),  # still for 1 s: capped at 10 ms
         (0.25, 0.0, False, 12 * M / (4 << 30)),  # still for a third of the settling time
         (1.0, 2 << 30, False, 12 * M / (4 << 30)),  # still by the tracker, yet growing
-        (0.0, 0.0, True, policy.KERNEL_MIN_INTERVAL_S),  # the kernel wakes us at the limit
+        (0.0, 0.0, True, 12 * M / (8 << 30)),  # growing: fast even where the kernel wakes us
+        (2.0, 0.0, True, policy.KERNEL_PARKED_MAX_INTERVAL_S),  # still, the kernel watches
     ],
 )
 def test_parked_interval(flat_s, growth, kernel_wakes, expected) -> None:
@@ -121,6 +122,8 @@ def test_a_still_tree_is_sampled_at_least_every_10_ms_near_its_limit(rss, limit,
     strict = policy.next_interval_s(rss, limit, g)
     relaxed = policy.next_interval_s(rss, limit, g, flat_s=flat)
     assert strict <= relaxed <= max(strict, policy.PARKED_MAX_INTERVAL_S)
+    kernel = policy.next_interval_s(rss, limit, g, flat_s=flat, kernel_wakes=True)
+    assert strict <= kernel <= max(strict, policy.KERNEL_PARKED_MAX_INTERVAL_S)
 
 
 def test_flatness_counts_from_the_last_growth() -> None:

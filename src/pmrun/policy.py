@@ -23,8 +23,11 @@ FLAT_SETTLE_S = 0.75
 FLAT_SLACK_BYTES = 1 << 20
 PARKED_MAX_INTERVAL_S = 0.01
 # Where the kernel wakes pmrun the moment usage crosses the limit (cgroup v1 thresholds)
-# and holds a hard limit above it, samples only refine what it already watches.
-KERNEL_MIN_INTERVAL_S = 0.05
+# and holds a hard limit above it, a still tree is watched by the kernel: 50 ms between
+# samples. A growing one keeps the fast schedule: usage counts page cache, so the wake-up
+# may come a little before the counted crossing, which the next samples must then catch.
+KERNEL_PARKED_GROWTH_BPS = 128 << 20
+KERNEL_PARKED_MAX_INTERVAL_S = 0.05
 
 
 def next_interval_s(
@@ -45,19 +48,23 @@ def next_interval_s(
     rate would allow (the sample itself takes time, and allocators speed up), so a fast
     grower is sampled twice as often as a quiet agent at the same headroom. A tree seen
     still for ``flat_s`` seconds gets a worst case that decays towards
-    :data:`PARKED_GROWTH_BPS`, up to :data:`PARKED_MAX_INTERVAL_S` between samples.
+    :data:`PARKED_GROWTH_BPS`, up to :data:`PARKED_MAX_INTERVAL_S` between samples
+    (``kernel_wakes``: the kernel's own threshold watches it, 50 ms).
     """
     headroom = limit_bytes - rss_bytes
-    if kernel_wakes:
-        min_s = max(min_s, KERNEL_MIN_INTERVAL_S)
     if headroom <= 0:
         return min_s
     own = 2.0 * growth_bps
     worst = headroom / max(own, assumed_growth_bps, 1.0)
     if flat_s > 0:
+        floor, cap = (
+            (KERNEL_PARKED_GROWTH_BPS, KERNEL_PARKED_MAX_INTERVAL_S)
+            if kernel_wakes
+            else (PARKED_GROWTH_BPS, PARKED_MAX_INTERVAL_S)
+        )
         settled = assumed_growth_bps / 2 ** (3 * flat_s / FLAT_SETTLE_S)
-        relaxed = headroom / max(own, settled, PARKED_GROWTH_BPS, 1.0)
-        worst = max(worst, min(relaxed, PARKED_MAX_INTERVAL_S))
+        relaxed = headroom / max(own, settled, floor, 1.0)
+        worst = max(worst, min(relaxed, cap))
     return min(max(worst, min_s), max_s)
 
 
