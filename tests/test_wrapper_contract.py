@@ -610,3 +610,29 @@ def test_name_with_a_space_keeps_the_cgroup_backend_and_its_display(tmp_path: Pa
     assert data["backend"]["name"].startswith("cgroup"), data["backend"]
     assert data["name"] == "my agent/1 é"
     assert data["agent_id"].startswith("my_agent_1__.")
+
+
+def test_a_signal_sent_to_pmrun_after_a_terminal_one_is_still_forwarded() -> None:
+    """^C reaches the command from the terminal (not forwarded); a later SIGINT sent to
+    pmrun alone must still be forwarded, whatever the terminal's left behind."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs
+        os.execv(PMRUN, [PMRUN, "--no-coordinator", "--", PYTHON, "-c", COUNTER, "SIGINT"])
+    out = bytearray()
+    try:
+        assert _read_until(fd, b"ready", out)
+        os.write(fd, b"\x03")  # the terminal's SIGINT to the foreground group
+        time.sleep(0.2)  # let it land; each is delivered regardless
+        os.kill(pid, signal.SIGINT)  # to pmrun alone: forwarded
+        time.sleep(0.2)
+        os.kill(pid, FINISH)
+        _read_until(fd, b"\0", out, timeout=20)  # to EOF
+        _, status = os.waitpid(pid, 0)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 5
+    assert b"SIGINT,SIGINT" in out, out

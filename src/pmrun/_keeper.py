@@ -80,14 +80,19 @@ def _below(root: int, spare: Callable[[int], bool] | None) -> list[int]:
     return _procfs.descendants(kids)
 
 
-def _drain(control_r: int) -> None:
-    """Take the signals the launcher names off the pending set, so the next is seen afresh."""
+def _drain(control_r: int, ack_w: int) -> None:
+    """Take the signals the launcher names off the pending set, so the next is seen afresh.
+
+    Acknowledged (one byte a request), so the launcher never looks at a pending set it
+    asked to change: a real-time signal queues, and two of them pending look like one.
+    """
     try:
         sigs = os.read(control_r, 4096)
     except BlockingIOError:
         return
     for sig in sigs:
         signal.sigtimedwait({sig}, 0)
+    os.write(ack_w, b"k" * len(sigs))
 
 
 def _reap_all() -> tuple[list[tuple[int, int, int]], bool]:
@@ -109,6 +114,7 @@ def run_keeper(
     status_w: int,
     cleanup: Callable[[], None] | None = None,
     control_r: int = -1,
+    ack_w: int = -1,
 ) -> None:
     """Body of the keeper process; never returns (``os._exit``)."""
     import prctl
@@ -134,7 +140,7 @@ def run_keeper(
         while True:
             info = signal.sigwaitinfo(waited)
             if info.si_signo == DRAIN:
-                _drain(control_r)
+                _drain(control_r, ack_w)
                 continue
             if info.si_signo == PARENT_DIED and os.getppid() != launcher:
                 # What refused SIGKILL (another uid) is left to whoever adopts it.
@@ -165,16 +171,25 @@ class Keeper:
         self.command_maxrss_kib: int | None = None
         self._r = -1
         self._control_w = -1
+        self._ack_r = -1
 
-    def drain(self, sig: int) -> None:
-        """Have the keeper take ``sig`` off its pending signals (see :data:`DRAIN`)."""
+    def drain(self, sig: int, timeout_s: float = 0.5) -> None:
+        """Have the keeper take ``sig`` off its pending signals (see :data:`DRAIN`); wait for it."""
+        import select
+
         if self._control_w < 0:
             return
         try:
             os.write(self._control_w, bytes((sig,)))
         except OSError:  # the keeper is gone, or the pipe is full of unread requests
             return
-        _signals.send(self.pid, DRAIN)
+        if not _signals.send(self.pid, DRAIN):
+            return
+        if select.select([self._ack_r], [], [], timeout_s)[0]:
+            try:
+                os.read(self._ack_r, 4096)
+            except OSError:
+                pass
 
     def start(
         self,
@@ -197,12 +212,14 @@ class Keeper:
         executable = _spawn.resolve(argv[0], env.get("PATH"))  # fail fast, in the launcher
         r, w = os.pipe2(os.O_CLOEXEC)
         control_r, control_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        ack_r, ack_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         launcher = os.getpid()
         _spawn.flush_std()
         pid = os.fork()
         if pid == 0:
             os.close(r)
             os.close(control_w)
+            os.close(ack_r)
             run_keeper(
                 lambda: _spawn.spawn(
                     argv, env, max_as=max_as, prepare=prepare, executable=executable
@@ -211,10 +228,12 @@ class Keeper:
                 w,
                 cleanup,
                 control_r,
+                ack_w,
             )
         os.close(w)
         os.close(control_r)
-        self._control_w = control_w
+        os.close(ack_w)
+        self._control_w, self._ack_r = control_w, ack_r
         self.pid = pid
         self._r = r
         if after_fork is not None:
@@ -247,10 +266,10 @@ class Keeper:
         return self.command_status
 
     def close(self) -> None:
-        for fd in (self._r, self._control_w):
+        for fd in (self._r, self._control_w, self._ack_r):
             if fd >= 0:
                 os.close(fd)
-        self._r = self._control_w = -1
+        self._r = self._control_w = self._ack_r = -1
 
 
 def _read_all(fd: int) -> bytes:

@@ -267,8 +267,17 @@ class Launcher:
             sig = info.si_signo
             if sig == signal.SIGCHLD:
                 self._reap()
-            elif sig in FORWARDED and info.si_code < _SI_KERNEL_MIN and info.si_pid != os.getpid():
+            elif sig not in FORWARDED or (
+                info.si_pid == os.getpid() and info.si_code < _SI_KERNEL_MIN
+            ):
+                pass  # pmrun's own (e.g. SIGPIPE from its own write to a gone stderr)
+            elif info.si_code < _SI_KERNEL_MIN:
                 self._forward(sig)
+            elif self._keeper.pid and not self._keeper_done:
+                # The terminal signalled the whole foreground group, the keeper too: take
+                # it off the keeper's pending set, or the next one sent to pmrun alone
+                # would pass for a group signal and never reach the command.
+                self._keeper.drain(sig)
             info = signal.sigtimedwait(WAITED, 0)
         self._reap()  # SIGCHLD can coalesce with one already consumed
 
