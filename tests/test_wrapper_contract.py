@@ -582,6 +582,31 @@ def test_own_errors_are_one_line_and_125(args: list[str], message: str) -> None:
     assert_one_pmrun_line(r.stderr, message)
 
 
+# Hostile environments for pmrun itself: its own error, one line, 125; nothing runs.
+HOSTILE_ENV = [
+    ({"PMRUN_MAX_RSS": "1.5"}, "below 1.0M"),
+    ({"PMRUN_MAX_RSS": "lots"}, "PMRUN_MAX_RSS"),
+    ({"PMRUN_GRACE": "nan"}, "PMRUN_GRACE"),
+    ({"PMRUN_BACKEND": "magic"}, "PMRUN_BACKEND"),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    HOSTILE_ENV,
+    ids=[next(iter(e)) + "=" + next(iter(e.values())) for e, _ in HOSTILE_ENV],
+)
+def test_hostile_environment_is_one_line_and_125(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    marker = tmp_path / "ran"
+    r = pmrun("--no-coordinator", "--", "touch", str(marker), env={**os.environ, **env})
+    assert r.returncode == 125, r
+    assert r.stdout == ""
+    assert_one_pmrun_line(r.stderr, message)
+    assert not marker.exists()
+
+
 def test_default_warning_comes_before_a_small_limit(tmp_path: Path) -> None:
     import json
 
