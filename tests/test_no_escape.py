@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PMRUN, PYTHON, wait_for
+from conftest import PMRUN, PYTHON, pid_alive, wait_for
 
 TREE = str(Path(__file__).parent / "agents" / "tree.py")
 SEEDS = range(4)
@@ -200,24 +200,16 @@ def test_a_process_of_another_uid_in_a_non_root_agent_does_not_crash_pmrun(
         data = json.loads(report.read_text())
         if mode == "euid":
             assert r.stderr == ""
-            wait_for(lambda: not _alive(helper), 10)
+            wait_for(lambda: not pid_alive(helper), 10)
         else:
             lines = r.stderr.splitlines()
             assert len(lines) == 1 and "changed their uid" in lines[0], r.stderr
             assert f"pid {helper}" in lines[0]
             assert data["extra"]["pmrun_errors"] == [lines[0].removeprefix("pmrun: ")]
-            assert _alive(helper)  # what cannot be guaranteed (README)
+            assert pid_alive(helper)  # what cannot be guaranteed (README)
     finally:
-        if _alive(helper):
+        if pid_alive(helper):
             os.kill(helper, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("coordinator", [False, True], ids=["standalone", "coordinator"])
@@ -246,12 +238,12 @@ def test_agent_that_kills_its_keeper_leaves_no_daemon(
     try:
         assert "Traceback" not in r.stderr, r.stderr
         assert r.returncode == -signal.SIGKILL  # the command died with its keeper
-        wait_for(lambda: not _alive(daemon), 10)
+        wait_for(lambda: not pid_alive(daemon), 10)
         if coordinator:
-            assert [p for p in coordinator_pids(sock) if _alive(p)]
+            assert [p for p in coordinator_pids(sock) if pid_alive(p)]
     finally:
-        if _alive(daemon):
+        if pid_alive(daemon):
             os.kill(daemon, signal.SIGKILL)
         for p in coordinator_pids(sock):
             os.kill(p, signal.SIGTERM)
-        wait_for(lambda: not any(_alive(p) for p in coordinator_pids(sock)), 10)
+        wait_for(lambda: not any(pid_alive(p) for p in coordinator_pids(sock)), 10)

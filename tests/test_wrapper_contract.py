@@ -7,6 +7,7 @@ stderr, a documented exit code, and the command's own behaviour where it could r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -124,6 +125,23 @@ def _read_until(fd: int, needle: bytes, out: bytearray, timeout: float = 20) -> 
     return needle in out
 
 
+@contextlib.contextmanager
+def in_pty(argv: list[str]) -> Iterator[tuple[int, int]]:
+    """Run ``argv`` on a new terminal: (pid, the terminal's master fd); gone afterwards."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs
+        os.execv(argv[0], argv)
+    try:
+        yield pid, fd
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+
+
 def test_ctrl_c_ends_a_shell_loop_as_it_does_bare(tmp_path: Path) -> None:
     """bash ends a loop on ^C only if the foreground command died *by* SIGINT."""
     marker = tmp_path / "started"
@@ -131,22 +149,13 @@ def test_ctrl_c_ends_a_shell_loop_as_it_does_bare(tmp_path: Path) -> None:
         f"for i in 1 2 3; do {PMRUN} --no-coordinator -- sh -c 'touch {marker}; exec sleep 30';"
         " echo next $i; done; echo loop-done"
     )
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child execs
-        os.execv("/bin/bash", ["bash", "--norc", "--noprofile", "-c", loop])
     out = bytearray()
-    try:
+    with in_pty(["/bin/bash", "--norc", "--noprofile", "-c", loop]) as (pid, fd):
         wait_until(marker.exists, 20, "first pmrun started its command")
         wait_until(lambda: _sleeping_child_of_pmrun(pid), 20, "sleep running under pmrun")
         os.write(fd, b"\x03")  # ^C: the terminal signals the foreground process group
         _, status = os.waitpid(pid, 0)
         _read_until(fd, b"\0", out, timeout=1)  # drain what the loop printed
-    finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.close(fd)
     assert b"next" not in out and b"loop-done" not in out, out
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT, status
 
@@ -491,11 +500,8 @@ def test_warning_on_a_terminal_waits_for_the_exit(tmp_path: Path) -> None:
     marker, rec = tmp_path / "go", tmp_path / "rec"
     argv = [PMRUN, "--no-coordinator", "--max-rss", "1G", "--warn-rss", "20M"]
     argv += ["--record", str(rec), "--", PYTHON, "-c", PHASES, "60", str(marker), "0", "0"]
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child execs
-        os.execv(PMRUN, argv)
     out = bytearray()
-    try:
+    with in_pty(argv) as (pid, fd):
         assert _read_until(fd, b"allocated", out)
         wait_until(lambda: "warn" in _events(rec), 20, "the warning was due")
         _read_until(fd, b"passed --warn-rss", out, timeout=0.5)
@@ -503,12 +509,6 @@ def test_warning_on_a_terminal_waits_for_the_exit(tmp_path: Path) -> None:
         marker.touch()
         _read_until(fd, b"\0", out, timeout=20)  # to EOF
         _, status = os.waitpid(pid, 0)
-    finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
     assert out.count(b"passed --warn-rss 20.0M") == 1, out
 
@@ -640,11 +640,8 @@ def test_name_with_a_space_keeps_the_cgroup_backend_and_its_display(tmp_path: Pa
 def test_a_signal_sent_to_pmrun_after_a_terminal_one_is_still_forwarded() -> None:
     """^C reaches the command from the terminal (not forwarded); a later SIGINT sent to
     pmrun alone must still be forwarded, whatever the terminal's left behind."""
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child execs
-        os.execv(PMRUN, [PMRUN, "--no-coordinator", "--", PYTHON, "-c", COUNTER, "SIGINT"])
     out = bytearray()
-    try:
+    with in_pty([PMRUN, "--no-coordinator", "--", PYTHON, "-c", COUNTER, "SIGINT"]) as (pid, fd):
         assert _read_until(fd, b"ready", out)
         os.write(fd, b"\x03")  # the terminal's SIGINT to the foreground group
         time.sleep(0.2)  # let it land; each is delivered regardless
@@ -653,11 +650,5 @@ def test_a_signal_sent_to_pmrun_after_a_terminal_one_is_still_forwarded() -> Non
         os.kill(pid, FINISH)
         _read_until(fd, b"\0", out, timeout=20)  # to EOF
         _, status = os.waitpid(pid, 0)
-    finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 5
     assert b"SIGINT,SIGINT" in out, out
