@@ -11,11 +11,13 @@ Four measurements, each against a baseline taken in the same run:
 3. overshoot: the tree's peak RSS at the kill / --max-rss, for a C allocator growing
    as fast as one thread can, with 4 KiB pages and with MADV_HUGEPAGE (Python fallback
    without a compiler), per backend, and the allocator's growth rate on this machine;
-4. cgroup group creation: ``--backend cgroup`` vs ``--backend sampling`` on ``true``.
+4. cgroup group creation: ``--backend cgroup`` vs ``--backend sampling`` on ``true``;
+5. parked: the launcher's CPU while the tree sits at 97% of ``--max-rss`` for 10 s (the
+   worst case of the adaptive interval), per backend, vs the same tree unwrapped.
 
 Run from anywhere (``--quick`` for fewer repetitions)::
 
-    .venv/bin/python benchmarks/bench_launcher.py [--quick] [--only startup,sampling,...]
+    .venv/bin/python benchmarks/bench_launcher.py [--quick] [--only startup,sampling,parked,...]
 
 It prints the command that reproduces it, a table, and writes
 ``benchmarks/results/launcher.json``. The benchmark makes itself a child subreaper
@@ -57,6 +59,22 @@ STARTUP_TARGET_INTERPRETERS = 2.0  # (pmrun - true) <= 2 x (python -c pass)
 SAMPLING_TARGET_CORE_PCT = 0.5  # launcher CPU while idle-wrapping a tree, % of one core
 OVERSHOOT_TARGET = {"sampling": 1.05, "cgroup": 1.01}  # peak at the kill / --max-rss
 CGROUP_CREATE_TARGET_S = 0.005  # --backend cgroup minus --backend sampling, on `true`
+# Launcher CPU with the tree parked at 97% of --max-rss. Sampling keeps a sample every
+# 10 ms there (the overshoot bound of policy.PARKED_MAX_INTERVAL_S), the cgroup backend
+# one every 50 ms (the kernel wakes it at the limit).
+PARKED_TARGET_CORE_PCT = {"sampling": 3.0, "cgroup": 1.5}
+PARKED_FRACTION = 0.97
+PARKED_LIMIT = "400M"
+# Grows to FRACTION of LIMIT bytes (its interpreter included), then holds still S seconds.
+PARKED_TREE = (
+    "import sys, time\n"
+    "target = int(float(sys.argv[1]) * int(sys.argv[2]))\n"
+    "page = 4096\n"
+    "with open('/proc/self/statm') as f:\n"
+    "    rss = int(f.read().split()[1]) * page\n"
+    "held = b'x' * max(target - rss - (2 << 20), 0)\n"
+    "time.sleep(float(sys.argv[3]))\n"
+)
 
 TREE_PROCESSES = 20  # sh + 19 sleeps
 TREE_SCRIPT = (
@@ -652,6 +670,60 @@ def bench_sampling(rounds: int, sleep_s: float, backends: list[str], tmp: Path) 
     return out
 
 
+# -- 5. parked near the limit ---------------------------------------------------------
+
+
+def bench_parked(rounds: int, hold_s: float, backends: list[str], tmp: Path) -> dict[str, Any]:
+    """Launcher CPU while its tree holds still at 97% of --max-rss, net of start-up.
+
+    One backend at a time (the tree holds ~400 MB); each round runs the parked tree for
+    ``hold_s`` and for 0 s, under pmrun and unwrapped, so the start-up cancels out.
+    """
+    limit = _size(PARKED_LIMIT)
+    py = str(VENV_PYTHON)
+    out: dict[str, Any] = {"limit": PARKED_LIMIT, "fraction": PARKED_FRACTION, "hold_s": hold_s}
+    for b in backends:
+        rows = []
+        for i in range(rounds):
+            runs = {}
+            for tag, s in (("long", hold_s), ("short", 0.0)):
+                rep = tmp / f"parked-{b}-{tag}{i}.json"
+                tree = [py, "-c", PARKED_TREE, str(PARKED_FRACTION), str(limit), str(s)]
+                argv = [str(PMRUN), "--no-coordinator", "--backend", b, "--max-rss"]
+                argv += [PARKED_LIMIT, "--report", str(rep), "--", *tree]
+                cpu = measure_parent_cpu({"pmrun": argv}, s + 60)["pmrun"]
+                cpu["samples"] = json.loads(rep.read_text())["samples"]
+                runs[tag] = cpu
+            rows.append(runs)
+            long = runs["long"]
+            say(
+                f"  parked {b}: round {i + 1}/{rounds}: {long['cpu_s'] * 1e3:.0f} ms CPU,"
+                f" {long['samples']} samples in {long['wall_s']:.1f} s"
+            )
+        med = statistics.median
+        precise = all(r[t]["schedstat_s"] >= 0 for r in rows for t in r)
+        key = "schedstat_s" if precise else "cpu_s"
+        net = med(r["long"][key] - r["short"][key] for r in rows)
+        wall = med(r["long"]["wall_s"] - r["short"]["wall_s"] for r in rows)
+        n = med(r["long"]["samples"] - r["short"]["samples"] for r in rows)
+        out[b] = {
+            "runs": rows,
+            "net_cpu_s": net,
+            "net_wall_s": wall,
+            "net_core_pct": 100 * net / wall if wall > 0 else None,
+            "samples_per_s": n / wall if wall > 0 else None,
+            "pass": wall > 0 and 100 * net / wall < PARKED_TARGET_CORE_PCT[b],
+        }
+    out["target"] = {b: f"< {PARKED_TARGET_CORE_PCT[b]}% of one core" for b in backends}
+    out["pass"] = all(out[b]["pass"] for b in backends)
+    return out
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
 # -- 3. overshoot ---------------------------------------------------------------------
 
 
@@ -808,7 +880,15 @@ def bench_cgroup_create(reps: int) -> dict[str, Any]:
 def table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """Rows of (measure, value, baseline, ratio or delta, target, verdict)."""
     rows: list[tuple[str, str, str, str, str, str]] = []
-    for key in ("importtime", "startup", "sampling", "growth", "overshoot", "cgroup_create"):
+    for key in (
+        "importtime",
+        "startup",
+        "sampling",
+        "growth",
+        "overshoot",
+        "cgroup_create",
+        "parked",
+    ):
         if "error" in res.get(key, {}):
             rows.append((f"{key}: failed", res[key]["error"][:60], "", "", "", "ERROR"))
             res = {k: v for k, v in res.items() if k != key}
@@ -1022,6 +1102,22 @@ def table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     verdict(cg["pass"]),
                 )
             )
+    pk = res.get("parked")
+    if pk:
+        for b in ("sampling", "cgroup"):
+            if b not in pk:
+                continue
+            c = pk[b]
+            rows.append(
+                (
+                    f"parked at {pk['fraction']:.0%} of {pk['limit']}: pmrun {b}",
+                    f"{c['net_core_pct']:.2f}% core",
+                    "same tree, 0 s",
+                    f"{c['samples_per_s']:.0f} samples/s",
+                    f"< {PARKED_TARGET_CORE_PCT[b]}%",
+                    verdict(c["pass"]),
+                )
+            )
     return rows
 
 
@@ -1039,7 +1135,7 @@ def print_table(rows: Sequence[tuple[str, ...]]) -> None:
 
 # -- main -----------------------------------------------------------------------------
 
-SECTIONS = ("startup", "sampling", "overshoot", "cgroup")
+SECTIONS = ("startup", "sampling", "overshoot", "cgroup", "parked")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1151,6 +1247,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 else:
                     res["cgroup_create"] = {"pending": cgroup_why}
+            if "parked" in only:
+                say("5. parked at 97% of the limit ...")
+                res["parked"] = guarded(
+                    "parked",
+                    bench_parked,
+                    reps["sampling_rounds"],
+                    10.0,
+                    ["sampling", "cgroup"] if cgroup_ok else ["sampling"],
+                    tmp,
+                )
         finally:
             res["leftover_processes_killed"] = kill_descendants()
     res["duration_s"] = time.monotonic() - t_start

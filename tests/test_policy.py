@@ -88,3 +88,48 @@ def test_looks_like_max_as(status, vsz, max_as, expected) -> None:
         policy.looks_like_max_as(wait_status=status, peak_vsz_bytes=vsz, max_as_bytes=max_as)
         is expected
     )
+
+
+# -- a tree parked near its limit (issue: ~800 samples/s at 95-98%) -------------------
+
+PARKED = int(0.97 * 400 * M)
+
+
+@pytest.mark.parametrize(
+    ("flat_s", "growth", "kernel_wakes", "expected"),
+    [
+        (0.0, 0.0, False, 12 * M / (8 << 30)),  # just grew: the 8 GiB/s worst case
+        (1.0, 0.0, False, policy.PARKED_MAX_INTERVAL_S),  # still for 1 s: capped at 10 ms
+        (0.25, 0.0, False, 12 * M / (4 << 30)),  # still for a third of the settling time
+        (1.0, 2 << 30, False, 12 * M / (4 << 30)),  # still by the tracker, yet growing
+        (0.0, 0.0, True, 12 * M / (8 << 30)),  # growing: fast even where the kernel wakes us
+        (2.0, 0.0, True, policy.KERNEL_PARKED_MAX_INTERVAL_S),  # still, the kernel watches
+    ],
+)
+def test_parked_interval(flat_s, growth, kernel_wakes, expected) -> None:
+    t = policy.next_interval_s(PARKED, 400 * M, growth, flat_s=flat_s, kernel_wakes=kernel_wakes)
+    assert t == pytest.approx(expected, rel=1e-6)
+
+
+@given(
+    st.integers(0, 4 << 30),
+    st.integers(1 << 20, 4 << 30),
+    st.floats(0, 16e9),
+    st.floats(0, 100),
+)
+def test_a_still_tree_is_sampled_at_least_every_10_ms_near_its_limit(rss, limit, g, flat) -> None:
+    """Relaxing never costs more than 10 ms between samples where the worst case is faster."""
+    strict = policy.next_interval_s(rss, limit, g)
+    relaxed = policy.next_interval_s(rss, limit, g, flat_s=flat)
+    assert strict <= relaxed <= max(strict, policy.PARKED_MAX_INTERVAL_S)
+    kernel = policy.next_interval_s(rss, limit, g, flat_s=flat, kernel_wakes=True)
+    assert strict <= kernel <= max(strict, policy.KERNEL_PARKED_MAX_INTERVAL_S)
+
+
+def test_flatness_counts_from_the_last_growth() -> None:
+    f = policy.Flatness(slack_bytes=M)
+    assert f.observe(100 * M, 0.0) == 0.0
+    assert f.observe(100 * M + M // 2, 1.0) == 1.0  # within the slack: still
+    assert f.observe(90 * M, 2.0) == 2.0  # shrinking: still
+    assert f.observe(90 * M + 2 * M, 3.0) == 0.0  # grew past the slack from the low
+    assert f.observe(92 * M, 3.5) == 0.5

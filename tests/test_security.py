@@ -439,11 +439,16 @@ def shell_uses(path: Path) -> list[str]:
     return found
 
 
+# The one shell pmrun starts: a file without #! (ENOEXEC) runs as `/bin/sh FILE ARGS`, as
+# execvp(3) and env(1) do; the user chose that file, and argv is never a shell command.
+ALLOWED_SHELL_USES = {"_spawn.py '/bin/sh'"}
+
+
 def test_no_source_file_runs_a_shell() -> None:
     files = sorted(SRC.rglob("*.py"))
     assert len(files) > 20
     found = [use for f in files for use in shell_uses(f)]
-    assert found == []
+    assert [u for u in found if re.sub(r":\d+", "", u) not in ALLOWED_SHELL_USES] == []
     text = "\n".join(f.read_text() for f in files)
     for needle in ("shell=True", "os.system(", "os.popen(", "getoutput("):
         assert needle not in text

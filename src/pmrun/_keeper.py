@@ -26,18 +26,33 @@ if TYPE_CHECKING:
 PARENT_DIED = signal.SIGRTMIN + 4
 # Sent by the keeper to the launcher when the command's status is in the pipe.
 COMMAND_ENDED = signal.SIGRTMIN + 5
+# Sent by the launcher to the keeper: take the signals named on the control pipe (one
+# byte each) off your pending set. The keeper never takes the signals the launcher
+# forwards by itself, so one pending there says the sender signalled the whole process
+# group (or every process), the command included.
+DRAIN = signal.SIGRTMIN + 6
 
 # Messages on the status pipe: kind (b"P" pid, b"S" status, b"E" exec error), then fields.
 _PID = struct.Struct("=ci")
 _STATUS = struct.Struct("=ciiq")  # kind, pid, wait status, ru_maxrss in KiB
 
 
-def kill_below(root: int) -> None:
-    """SIGSTOP then SIGKILL every descendant of ``root`` until none is left alive."""
+def kill_below(
+    root: int,
+    *,
+    spare: Callable[[int], bool] | None = None,
+    reap: Callable[[], object] | None = None,
+) -> list[int]:
+    """SIGSTOP then SIGKILL every descendant of ``root`` until none we may kill is alive.
+
+    Returns the pids left alive because they refused the signal (another uid). Children
+    of ``root`` for which ``spare(pid)`` is true are left alone, with their descendants.
+    """
+    reap = reap or _reap_all
     while True:
         stopped: set[int] = set()
         for _ in range(100):
-            pids = _procfs.descendants(_procfs.children(root))
+            pids = _below(root, spare)
             new = [p for p in pids if p not in stopped]
             if not new:
                 break
@@ -45,13 +60,39 @@ def kill_below(root: int) -> None:
             for p in new:
                 _signals.send(p, signal.SIGSTOP, parents=parents)
                 stopped.add(p)
-        pids = _procfs.descendants(_procfs.children(root))
-        if not _procfs.any_alive(pids):
-            return
+        pids = _below(root, spare)
+        killable = [p for p in pids if p not in _signals.REFUSED]
+        if not _procfs.any_alive(killable):
+            return [p for p in pids if p in _signals.REFUSED and _procfs.any_alive([p])]
         parents = {root, *pids}
-        for p in pids:
+        for p in killable:
             _signals.send(p, signal.SIGKILL, parents=parents)
-        _reap_all()
+        reap()
+
+
+def _below(root: int, spare: Callable[[int], bool] | None) -> list[int]:
+    try:
+        kids = _procfs.children(root)
+    except _procfs.ProcessGone:  # the keeper exited: its tree is empty
+        return []
+    if spare is not None:
+        kids = [k for k in kids if not spare(k)]
+    return _procfs.descendants(kids)
+
+
+def _drain(control_r: int, ack_w: int) -> None:
+    """Take the signals the launcher names off the pending set, so the next is seen afresh.
+
+    Acknowledged (one byte a request), so the launcher never looks at a pending set it
+    asked to change: a real-time signal queues, and two of them pending look like one.
+    """
+    try:
+        sigs = os.read(control_r, 4096)
+    except BlockingIOError:
+        return
+    for sig in sigs:
+        signal.sigtimedwait({sig}, 0)
+    os.write(ack_w, b"k" * len(sigs))
 
 
 def _reap_all() -> tuple[list[tuple[int, int, int]], bool]:
@@ -72,6 +113,8 @@ def run_keeper(
     launcher: int,
     status_w: int,
     cleanup: Callable[[], None] | None = None,
+    control_r: int = -1,
+    ack_w: int = -1,
 ) -> None:
     """Body of the keeper process; never returns (``os._exit``)."""
     import prctl
@@ -80,7 +123,7 @@ def run_keeper(
     try:
         prctl.set_child_subreaper(1)
         prctl.set_pdeathsig(PARENT_DIED)
-        waited = {signal.SIGCHLD, PARENT_DIED}
+        waited = {signal.SIGCHLD, PARENT_DIED, DRAIN}
         signal.pthread_sigmask(signal.SIG_BLOCK, waited)
         if os.getppid() != launcher:  # the launcher died before prctl took effect
             os._exit(1)
@@ -96,7 +139,11 @@ def run_keeper(
         command_done = False
         while True:
             info = signal.sigwaitinfo(waited)
-            if info.si_signo == PARENT_DIED:
+            if info.si_signo == DRAIN:
+                _drain(control_r, ack_w)
+                continue
+            if info.si_signo == PARENT_DIED and os.getppid() != launcher:
+                # What refused SIGKILL (another uid) is left to whoever adopts it.
                 kill_below(os.getpid())
                 if cleanup is not None:
                     cleanup()  # e.g. remove the agent's cgroup, which nobody else will now
@@ -123,6 +170,26 @@ class Keeper:
         self.command_status: int | None = None
         self.command_maxrss_kib: int | None = None
         self._r = -1
+        self._control_w = -1
+        self._ack_r = -1
+
+    def drain(self, sig: int, timeout_s: float = 0.5) -> None:
+        """Have the keeper take ``sig`` off its pending signals (see :data:`DRAIN`); wait for it."""
+        import select
+
+        if self._control_w < 0:
+            return
+        try:
+            os.write(self._control_w, bytes((sig,)))
+        except OSError:  # the keeper is gone, or the pipe is full of unread requests
+            return
+        if not _signals.send(self.pid, DRAIN):
+            return
+        if select.select([self._ack_r], [], [], timeout_s)[0]:
+            try:
+                os.read(self._ack_r, 4096)
+            except OSError:
+                pass
 
     def start(
         self,
@@ -138,19 +205,21 @@ class Keeper:
 
         Raises the command's exec error (127/126) as the launcher would.
         """
-        import sys
 
         from . import _spawn
         from .errors import CommandNotExecutable, CommandNotFound, PmrunError
 
         executable = _spawn.resolve(argv[0], env.get("PATH"))  # fail fast, in the launcher
         r, w = os.pipe2(os.O_CLOEXEC)
+        control_r, control_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        ack_r, ack_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         launcher = os.getpid()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _spawn.flush_std()
         pid = os.fork()
         if pid == 0:
             os.close(r)
+            os.close(control_w)
+            os.close(ack_r)
             run_keeper(
                 lambda: _spawn.spawn(
                     argv, env, max_as=max_as, prepare=prepare, executable=executable
@@ -158,8 +227,13 @@ class Keeper:
                 launcher,
                 w,
                 cleanup,
+                control_r,
+                ack_w,
             )
         os.close(w)
+        os.close(control_r)
+        os.close(ack_w)
+        self._control_w, self._ack_r = control_w, ack_r
         self.pid = pid
         self._r = r
         if after_fork is not None:
@@ -167,8 +241,7 @@ class Keeper:
         head = os.read(r, _PID.size)
         if head[:1] == b"E" or len(head) < _PID.size:
             rest = head[1:] + _read_all(r)
-            os.close(r)
-            self._r = -1
+            self.close()
             os.waitpid(pid, 0)
             code_s, _, message = rest.decode(errors="replace").partition(":")
             code = int(code_s) if code_s.isdigit() else 1
@@ -193,9 +266,10 @@ class Keeper:
         return self.command_status
 
     def close(self) -> None:
-        if self._r >= 0:
-            os.close(self._r)
-            self._r = -1
+        for fd in (self._r, self._control_w, self._ack_r):
+            if fd >= 0:
+                os.close(fd)
+        self._r = self._control_w = self._ack_r = -1
 
 
 def _read_all(fd: int) -> bytes:

@@ -21,6 +21,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 
+def flush_std() -> None:
+    """Flush Python's stdout/stderr before a fork, whatever state they are in (None, EPIPE)."""
+    for f in (sys.stdout, sys.stderr):
+        try:
+            if f is not None:
+                f.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def resolve(command: str, path: str | None) -> str:
     """Find ``command`` like execvp would; raise the 127/126 errors a shell gives."""
     if "/" in command:
@@ -60,6 +70,31 @@ def raise_nofile_limit() -> None:
             pass
 
 
+_SH = "/bin/sh"
+
+
+def _interpreter(path: str) -> str | None:
+    """The program named by ``path``'s ``#!`` line, if it has one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    return words[0].decode(errors="replace") if words else None
+
+
+def _looks_binary(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(80)
+    except OSError:
+        return True
+    return head.startswith(b"\x7fELF") or b"\0" in head.split(b"\n", 1)[0]
+
+
 def spawn(
     argv: list[str],
     env: Mapping[str, str],
@@ -79,8 +114,7 @@ def spawn(
     env_list = {k: v for k, v in env.items()}
     parent = os.getpid()
     r, w = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_std()
     pid = os.fork()
     if pid == 0:  # the child: only exec or _exit from here
         try:
@@ -98,7 +132,14 @@ def spawn(
                 resource.setrlimit(resource.RLIMIT_AS, (max_as, max_as))
             if _nofile_of_command is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, _nofile_of_command)
-            os.execve(executable, argv, env_list)
+            try:
+                os.execve(executable, argv, env_list)
+            except OSError as e:
+                if e.errno != errno.ENOEXEC or _looks_binary(executable):
+                    raise
+                # No #! line: run it with /bin/sh, as execvp(3) and env(1) do (not a binary,
+                # as bash's check goes: sh would only print garbage).
+                os.execve(_SH, [_SH, executable, *argv[1:]], env_list)
         except BaseException as e:  # report any failure, never return into the parent's code
             code = getattr(e, "errno", None) or errno.EINVAL
             try:
@@ -112,6 +153,11 @@ def spawn(
         os.waitpid(pid, 0)
         code_s, _, message = data.decode(errors="replace").partition(":")
         code = int(code_s) if code_s.isdigit() else errno.EINVAL
+        interp = _interpreter(executable)
+        if interp and code in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+            # execve blames the script for its #! line's program, as bash says "bad interpreter".
+            err = CommandNotFound if code != errno.EACCES else CommandNotExecutable
+            raise err(f"{argv[0]}: bad interpreter {interp}: {os.strerror(code)}")
         if code in (errno.ENOENT, errno.ENOTDIR):
             raise CommandNotFound(f"{argv[0]}: command not found")
         if code in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR):

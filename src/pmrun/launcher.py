@@ -13,10 +13,11 @@ from __future__ import annotations
 import _signal as signal  # the C module: signal.py would import enum for its IntEnums
 import _thread
 import os
+import select as _io
 import time
 
-from . import _procfs, policy
-from ._keeper import COMMAND_ENDED, Keeper
+from . import _procfs, _signals, policy
+from ._keeper import COMMAND_ENDED, DRAIN, PARENT_DIED, Keeper, kill_below
 from .backends import Backend, Sample, select
 from .errors import ExitCode, PmrunError, UsageError
 from .report import ExitReport, Limits, TopProcess, write_report
@@ -26,20 +27,20 @@ TYPE_CHECKING = False  # not `from typing import`: the launch path avoids import
 if TYPE_CHECKING:
     from typing import Any
 
-# Signals a user (or a supervisor) sends to pmrun that the command must receive.
-FORWARDED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGALRM,
-)
 # The coordinator link thread wakes the main thread with this (never forwarded).
 WAKE = signal.SIGRTMIN + 3
-WAITED = frozenset((*FORWARDED, signal.SIGCHLD, WAKE, COMMAND_ENDED))
+# pmrun's own signals, never forwarded; SIGTSTP, SIGTTIN and SIGTTOU keep their default
+# action, so pmrun stops with its job on ^Z and the shell sees the job stopped.
+OWN = frozenset((signal.SIGCHLD, WAKE, PARENT_DIED, COMMAND_ENDED, DRAIN))
+_UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+# Every other signal a user or a supervisor sends to pmrun is the command's: forwarded.
+# 32 and 33 are glibc's own (SIGRTMIN is 34), so they are left out.
+FORWARDED = tuple(
+    s
+    for s in (*range(1, 32), *range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+    if s not in OWN and s not in _UNCATCHABLE
+)
+WAITED = frozenset((*FORWARDED, *OWN))
 # si_code > 0 means the kernel sent it (e.g. the terminal's ^C to the foreground
 # process group, which the command is in too): forwarding it would deliver it twice.
 _SI_KERNEL_MIN = 1
@@ -89,9 +90,20 @@ class LaunchSettings:
         self.pid_fd = pid_fd
 
 
+# Below this no program starts, so a smaller --max-rss is a mistake ("1.5" is 1 byte).
+MIN_MAX_RSS_BYTES = 1 << 20
+
+
 def agent_name(argv: list[str]) -> str:
-    base = os.path.basename(argv[0]) or "agent"
-    return "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in base)[:64]
+    return safe_id(os.path.basename(argv[0]) or "agent")
+
+
+def safe_id(name: str) -> str:
+    """``name`` as the ``[A-Za-z0-9_.-]`` an agent id (and its cgroup's name) is made of.
+
+    The name itself, spaces and all, stays what status and messages show.
+    """
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in name)[:64]
 
 
 def validate(argv: list[str], settings: LaunchSettings) -> None:
@@ -99,8 +111,12 @@ def validate(argv: list[str], settings: LaunchSettings) -> None:
     lim = settings.limits
     if not argv:
         raise UsageError("no command given: use pmrun [OPTIONS] -- COMMAND [ARGS]...")
-    if lim.max_rss <= 0:
-        raise UsageError("--max-rss must be more than 0")
+    if lim.max_rss < MIN_MAX_RSS_BYTES:
+        raise UsageError(
+            f"--max-rss {format_size(lim.max_rss) if lim.max_rss >= 1024 else lim.max_rss}"
+            f" is below {format_size(MIN_MAX_RSS_BYTES)}: no program starts in that"
+            " (sizes without a unit are bytes)"
+        )
     if lim.warn_rss > lim.max_rss:
         raise UsageError(
             f"--warn-rss {format_size(lim.warn_rss)} is above --max-rss {format_size(lim.max_rss)}:"
@@ -121,11 +137,13 @@ class Launcher:
         self.settings = settings
         settings.name = settings.name or agent_name(argv)
         self.limits = settings.limits
-        self.agent_id = f"{self.settings.name}.{os.getpid()}"
+        self.agent_id = f"{safe_id(self.settings.name) or 'agent'}.{os.getpid()}"
         self._order: tuple[str, dict[str, Any]] | None = None  # stop ordered by the coordinator
         self._child_status: int | None = None
         self._keeper = Keeper()
         self._keeper_done = False  # the keeper exited: no process of the tree is left
+        self._keeper_lost = False  # ... without the command's status: killed from outside
+        self._socket_path: str | None = None
         self._pid = 0
         self._pidfd: int | None = None
         self._main_thread = _thread.get_ident()
@@ -136,11 +154,38 @@ class Launcher:
         self._link_ready = _thread.allocate_lock()  # released when the link thread is done
         self._link_ready.acquire()
         self._start_times: dict[int, int] = {}  # pid -> start time, for the coordinator
+        self._troubles: list[str] = []  # pmrun's own I/O trouble, said once each, in the report
+        self._deferred: list[str] = []  # lines kept for the end (stderr is a terminal)
+        self._kernel_wakes = False  # the kernel wakes us at the limit (cgroup v1 threshold)
 
     # -- the parts --------------------------------------------------------------
 
     def _say(self, text: str) -> None:
-        os.write(2, f"pmrun: {text}\n".encode(errors="replace"))
+        """One line on stderr, if it can take it now: never block, never fail on pmrun's words.
+
+        A stderr whose reader is gone (EPIPE), full (a stalled pipe) or closed costs the
+        line, not the command.
+        """
+        data = f"pmrun: {text}\n".encode(errors="replace")
+        try:
+            poller = _io.poll()
+            poller.register(2, _io.POLLOUT)
+            if any(ev & _io.POLLOUT for _, ev in poller.poll(0)):
+                os.write(2, data)
+        except OSError:
+            pass
+
+    def _trouble(self, text: str) -> None:
+        """pmrun's own trouble (a recording that cannot be written, ...): said once, reported."""
+        if text not in self._troubles:
+            self._troubles.append(text)
+            self._say(text)
+
+    def _check_recorder(self) -> None:
+        rec = self._recorder
+        if rec is not None and rec.error is not None:
+            self._trouble(rec.error)
+            self._recorder = None
 
     def _reap(self) -> None:
         """Reap our exited children (the keeper); pick up the command's status from it."""
@@ -157,8 +202,11 @@ class Launcher:
         if self._child_status is None:
             self._child_status = self._keeper.poll_status()
         if self._keeper_done and self._child_status is None:
-            # The keeper died without a status (killed from outside): the tree is gone.
+            # The keeper died without a status (killed from outside, maybe by the agent
+            # itself): the command got SIGKILL as its parent-death signal, and what else
+            # lived below the keeper is now ours (pmrun is a subreaper too).
             self._child_status = signal.SIGKILL
+            self._keeper_lost = True
 
     def _on_stop_order(self, reason: str, detail: dict[str, Any]) -> None:
         """Called from the coordinator link thread: stop this agent (pool or system pressure)."""
@@ -179,6 +227,7 @@ class Launcher:
             return
         if fd is None:
             return
+        self._kernel_wakes = True
         while True:
             try:
                 os.read(fd, 8)
@@ -187,11 +236,32 @@ class Launcher:
             signal.pthread_kill(self._main_thread, WAKE)
 
     def _forward(self, sig: int) -> None:
-        if self._pidfd is not None and self._child_status is None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, sig)
-            except ProcessLookupError:
-                pass
+        if self._pidfd is None or self._child_status is not None:
+            return
+        if self._group_got(sig):
+            return
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def _group_got(self, sig: int) -> bool:
+        """Whether ``sig`` was sent to pmrun's whole process group, the command included.
+
+        ``kill -TERM -- -PGID`` (and systemd's stop, which signals every process) reach the
+        command in the same system call: forwarding would deliver it twice. The keeper
+        blocks every forwarded signal and never takes one, so it is pending there exactly
+        when the sender signalled more than pmrun; then the keeper is told to discard it.
+        A command that left pmrun's process group gets it forwarded anyway.
+        """
+        keeper = self._keeper.pid
+        if not keeper or self._keeper_done or not _signals.pending(keeper) >> (sig - 1) & 1:
+            return False
+        self._keeper.drain(sig)
+        try:
+            return os.getpgid(self._pid) == os.getpgrp()
+        except OSError:
+            return True  # the command is gone
 
     def _wait(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for a signal; handle it and any others pending."""
@@ -200,8 +270,17 @@ class Launcher:
             sig = info.si_signo
             if sig == signal.SIGCHLD:
                 self._reap()
-            elif sig in FORWARDED and info.si_code < _SI_KERNEL_MIN and info.si_pid != os.getpid():
+            elif sig not in FORWARDED or (
+                info.si_pid == os.getpid() and info.si_code < _SI_KERNEL_MIN
+            ):
+                pass  # pmrun's own (e.g. SIGPIPE from its own write to a gone stderr)
+            elif info.si_code < _SI_KERNEL_MIN:
                 self._forward(sig)
+            elif self._keeper.pid and not self._keeper_done:
+                # The terminal signalled the whole foreground group, the keeper too: take
+                # it off the keeper's pending set, or the next one sent to pmrun alone
+                # would pass for a group signal and never reach the command.
+                self._keeper.drain(sig)
             info = signal.sigtimedwait(WAITED, 0)
         self._reap()  # SIGCHLD can coalesce with one already consumed
 
@@ -239,6 +318,8 @@ class Launcher:
                 )
                 return
             self._pid_known.acquire()  # the command's pid is part of the registration
+            if not self._pid:  # the command never started: nothing to register
+                return
             lim = self.limits
             info = {
                 "agent_id": self.agent_id,
@@ -263,6 +344,7 @@ class Launcher:
     def _event(self, kind: str, **fields: Any) -> None:
         if self._recorder is not None:
             self._recorder.event(kind, **fields)
+            self._check_recorder()
         if self._link is not None:
             self._link.event(kind, **fields)
 
@@ -273,7 +355,8 @@ class Launcher:
         from ._spawn import raise_nofile_limit
 
         raise_nofile_limit()  # a wide tree needs fds; the command gets its own limit back
-        socket_path = self._coordinator_socket()
+        socket_path = self._socket_path = self._coordinator_socket()
+        _become_subreaper()
         backend = select(
             self.settings.backend,
             agent_id=self.agent_id,
@@ -309,6 +392,7 @@ class Launcher:
         except BaseException:
             backend.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            self._pid_known.release()  # the link thread sees pid 0 and registers nothing
             raise
         try:
             self._pidfd = os.pidfd_open(self._pid)
@@ -338,6 +422,7 @@ class Launcher:
                     "backend": backend.describe(),
                 },
             )
+            self._check_recorder()
         try:
             report = self._supervise(backend, start_wall)
         finally:
@@ -351,8 +436,13 @@ class Launcher:
             self._recorder.end(
                 reason=report.reason, exit_status=report.exit_status, peak_rss=report.peak_rss_bytes
             )
+            self._check_recorder()
+        for line in self._deferred:
+            self._say(line)
         if report.reason not in ("exit", "signal"):
             self._say(report.message)
+        if self._troubles:
+            report.extra["pmrun_errors"] = list(self._troubles)
         if self.settings.report_path:
             try:
                 write_report(report, self.settings.report_path)
@@ -364,6 +454,7 @@ class Launcher:
     def _supervise(self, backend: Backend, start_wall: float) -> ExitReport:
         lim = self.limits
         watch = policy.LimitWatch(lim.warn_rss, lim.max_rss)
+        flatness = policy.Flatness()
         samples = 0
         peak_vsz = 0
         biggest: TopProcess | None = None
@@ -399,7 +490,13 @@ class Launcher:
                     f" {format_size(s.rss_bytes)}"
                     f" passed --warn-rss {format_size(lim.warn_rss)} (stop at {format_size(lim.max_rss)})"
                 )
-                if not self.settings.quiet:
+                if self.settings.quiet:
+                    pass
+                elif _stderr_is_terminal():
+                    # A full-screen program (an agent's TUI) owns the terminal: a line in its
+                    # first row would garble it. Said at exit; the events have it at once.
+                    self._deferred.append(f"{msg} at {time.strftime('%H:%M:%S')}")
+                else:
                     self._say(msg)
                 self._event("warn", rss=s.rss_bytes, warn_rss=lim.warn_rss)
             elif crossing == policy.Crossing.MAX:
@@ -415,7 +512,13 @@ class Launcher:
                 reason = "kernel-oom"
                 stop = {"rss": s.rss_bytes, "oom_kills": _oom_detail(backend)}
                 break
-            interval = policy.next_interval_s(s.rss_bytes, lim.max_rss, growth)
+            interval = policy.next_interval_s(
+                s.rss_bytes,
+                lim.max_rss,
+                growth,
+                flat_s=flatness.observe(s.rss_bytes, now),
+                kernel_wakes=self._kernel_wakes,
+            )
             # Young trees are sampled at a quarter of their age (1 ms, 2 ms, ... up to the
             # interval above): a short command's peak is seen, at ~25 samples in all.
             interval = min(interval, max(policy.MIN_INTERVAL_S, (now - started) / 4))
@@ -432,9 +535,14 @@ class Launcher:
             # The command is gone but left processes behind (daemons, workers):
             # nothing of the tree outlives pmrun.
             self._stop_tree(backend, watch)
+        if self._keeper_lost:
+            self._kill_adopted()
         # Wait for the command itself (it may still be exiting), then for the keeper,
-        # which exits once it has reaped the last process of the tree.
+        # which exits once it has reaped the last process of the tree, or once only
+        # processes that refused our SIGKILL (another uid) are left.
         while self._child_status is None or not self._keeper_done:
+            if self._child_status is not None and self._only_refused_left(backend):
+                break
             self._wait(0.05)
         end_wall = time.time()
         status = self._child_status
@@ -495,6 +603,7 @@ class Launcher:
             procs = {p.pid: p.rss_bytes for p in s.processes}
             names = {p: _name(p) for p in procs if not self._recorder.knows(p)}
             self._recorder.sample(s.rss_bytes, procs, names, force=force)
+            self._check_recorder()
         if self._link is not None:
             # (pid, start time) identifies each process for the coordinator's orphan
             # cleanup; a start time never changes, so read it once per pid.
@@ -521,7 +630,7 @@ class Launcher:
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 self._wait(min(0.02, max(deadline - time.monotonic(), 0)))
-                if not _live(backend):
+                if not _live(backend) or self._only_refused_left(backend):
                     break
                 s = backend.sample()
                 watch.peak_bytes = max(watch.peak_bytes, s.rss_bytes)
@@ -532,8 +641,46 @@ class Launcher:
                     break
         if _live(backend):
             self._event("kill", why="grace over" if grace > 0 else "grace 0")
-        backend.kill_all(self._reap)
+        if backend.describe().get("name") == "sampling" and self._keeper.pid:
+            # The same freeze-and-kill walk, but one that gives up on what refuses it.
+            self._refused(kill_below(self._keeper.pid, reap=self._reap))
+        else:
+            backend.kill_all(self._reap)
         self._reap()
+
+    def _kill_adopted(self) -> None:
+        """The keeper is gone: kill what it left to pmrun, its subreaper (by pidfd).
+
+        A coordinator this launcher started on demand is its child too (double-forked
+        daemons go to the nearest subreaper): it is spared.
+        """
+        self._refused(kill_below(os.getpid(), spare=self._is_coordinator, reap=self._reap))
+
+    def _is_coordinator(self, pid: int) -> bool:
+        if not self._socket_path:
+            return False
+        from .coordinator.spawn import coordinator_argv
+
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")[:-1]
+        except OSError:
+            return False
+        return [os.fsdecode(a) for a in argv] == coordinator_argv(self._socket_path)
+
+    def _only_refused_left(self, backend: Backend) -> bool:
+        alive = [p for p in backend.pids() if _procfs.any_alive([p])]
+        return bool(alive) and all(p in _signals.REFUSED for p in alive)
+
+    def _refused(self, pids: list[int]) -> None:
+        """Say once which processes pmrun could not stop: they changed their uid."""
+        if not pids:
+            return
+        who = ", ".join(f"pid {p} {_name(p)} (uid {_owner(p)})" for p in pids[:5])
+        self._trouble(
+            f"cannot stop {len(pids)} process(es) of the tree that changed their uid, left"
+            f" running: {who}"
+        )
 
     def _message(
         self,
@@ -583,6 +730,31 @@ def _tell_pid(fd: int, pid: int) -> None:
         pass  # the reader is gone: nobody to tell
     finally:
         os.close(fd)
+
+
+def _become_subreaper() -> None:
+    """Make pmrun a child subreaper too: if the agent kills its keeper, the keeper's
+    orphans (a setsid'd daemon) come to pmrun, which kills them, instead of to init."""
+    try:
+        import _prctl  # python-prctl's C module: its Python wrapper costs 1 ms more
+
+        _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
+    except (ImportError, OSError):  # pragma: no cover - best effort
+        pass
+
+
+def _owner(pid: int) -> str:
+    try:
+        return str(os.stat(f"/proc/{pid}").st_uid)
+    except OSError:
+        return "?"
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return os.isatty(2)
+    except OSError:
+        return False
 
 
 def _name(pid: int) -> str:

@@ -13,6 +13,21 @@ from __future__ import annotations
 ASSUMED_GROWTH_BPS = 8 << 30
 MIN_INTERVAL_S = 0.001  # near the limit: 1 ms between samples
 MAX_INTERVAL_S = 0.5  # far from it: still answer a limit crossing within half a second
+# A tree seen holding still (RSS up by no more than FLAT_SLACK_BYTES) is assumed to start
+# growing at no more than this once it has been still for FLAT_SETTLE_S: the worst case
+# halves every FLAT_SETTLE_S / 3. It buys a tree parked at 97% of its limit 10 ms between
+# samples instead of 1 ms; one that starts again at 8 GiB/s is seen within those 10 ms
+# (at most 80 MiB over), and from its first grown sample on the worst case is back.
+PARKED_GROWTH_BPS = 1 << 30
+FLAT_SETTLE_S = 0.75
+FLAT_SLACK_BYTES = 1 << 20
+PARKED_MAX_INTERVAL_S = 0.01
+# Where the kernel wakes pmrun the moment usage crosses the limit (cgroup v1 thresholds)
+# and holds a hard limit above it, a still tree is watched by the kernel: 50 ms between
+# samples. A growing one keeps the fast schedule: usage counts page cache, so the wake-up
+# may come a little before the counted crossing, which the next samples must then catch.
+KERNEL_PARKED_GROWTH_BPS = 128 << 20
+KERNEL_PARKED_MAX_INTERVAL_S = 0.05
 
 
 def next_interval_s(
@@ -20,6 +35,8 @@ def next_interval_s(
     limit_bytes: int,
     growth_bps: float = 0.0,
     *,
+    flat_s: float = 0.0,
+    kernel_wakes: bool = False,
     assumed_growth_bps: float = ASSUMED_GROWTH_BPS,
     min_s: float = MIN_INTERVAL_S,
     max_s: float = MAX_INTERVAL_S,
@@ -29,13 +46,45 @@ def next_interval_s(
     Slow when far from the limit (cheap), fast when close (little overshoot), like
     earlyoom's ``sleep_time_ms``. A tree seen growing is given half the time its own
     rate would allow (the sample itself takes time, and allocators speed up), so a fast
-    grower is sampled twice as often as a quiet agent at the same headroom.
+    grower is sampled twice as often as a quiet agent at the same headroom. A tree seen
+    still for ``flat_s`` seconds gets a worst case that decays towards
+    :data:`PARKED_GROWTH_BPS`, up to :data:`PARKED_MAX_INTERVAL_S` between samples
+    (``kernel_wakes``: the kernel's own threshold watches it, 50 ms).
     """
     headroom = limit_bytes - rss_bytes
     if headroom <= 0:
         return min_s
-    rate = max(2.0 * growth_bps, assumed_growth_bps, 1.0)
-    return min(max(headroom / rate, min_s), max_s)
+    own = 2.0 * growth_bps
+    worst = headroom / max(own, assumed_growth_bps, 1.0)
+    if flat_s > 0:
+        floor, cap = (
+            (KERNEL_PARKED_GROWTH_BPS, KERNEL_PARKED_MAX_INTERVAL_S)
+            if kernel_wakes
+            else (PARKED_GROWTH_BPS, PARKED_MAX_INTERVAL_S)
+        )
+        settled = assumed_growth_bps / 2 ** (3 * flat_s / FLAT_SETTLE_S)
+        relaxed = headroom / max(own, settled, floor, 1.0)
+        worst = max(worst, min(relaxed, cap))
+    return min(max(worst, min_s), max_s)
+
+
+class Flatness:
+    """How long a tree's RSS has held still (up by at most ``slack_bytes``); times in s."""
+
+    __slots__ = ("slack_bytes", "_ref_bytes", "_since")
+
+    def __init__(self, slack_bytes: int = FLAT_SLACK_BYTES) -> None:
+        self.slack_bytes = slack_bytes
+        self._ref_bytes = -1
+        self._since = 0.0
+
+    def observe(self, rss_bytes: int, now: float) -> float:
+        """Feed one sample; returns the seconds the tree has been still."""
+        if self._ref_bytes < 0 or rss_bytes > self._ref_bytes + self.slack_bytes:
+            self._ref_bytes, self._since = rss_bytes, now
+        elif rss_bytes < self._ref_bytes:
+            self._ref_bytes = rss_bytes  # shrinking is still; growth counts from the low
+        return now - self._since
 
 
 class Crossing:

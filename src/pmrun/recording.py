@@ -13,25 +13,112 @@ One object a line, each with a ``type``:
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
+
+# Unwritten lines kept for a slow pipe reader before the recording gives up on it.
+MAX_PENDING_BYTES = 4 << 20
+END_WAIT_S = 2.0  # at the end, how long a slow reader is waited for (pmrun must exit)
+
+
+def open_output(path: str) -> int:
+    """Open ``path`` for writing through it, as a shell's ``>`` does; return the fd.
+
+    A FIFO, a terminal or ``/dev/stdout`` is written to, never replaced. The last
+    component is followed only if it is a symlink of ours or root's (``/dev/stdout``):
+    one planted by another user in a shared directory is refused. Non-blocking, so a
+    FIFO without a reader fails at once (ENXIO) instead of stopping pmrun.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno != 40:  # ELOOP: the last component is a symlink
+            raise
+        owner = os.lstat(path).st_uid
+        if owner not in (os.geteuid(), 0):
+            raise PermissionError(
+                13, f"a symlink of another user (uid {owner}), not followed", path
+            ) from None
+        fd = os.open(path, flags, 0o666)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.set_blocking(fd, True)
+    return fd
 
 
 class Recorder:
-    """Appends a recording as the launcher samples; every sample is kept (no decimation)."""
+    """Appends a recording as the launcher samples; every sample is kept (no decimation).
 
-    def __init__(self, path: str, *, header: dict[str, Any], min_interval_s: float = 0.01) -> None:
-        self._f: IO[str] = open(path, "w", buffering=1 << 16)
+    Its own I/O trouble never reaches the launcher: the first failure (disk full, reader
+    gone) stops the recording and is kept in :attr:`error` for the launcher to report.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        header: dict[str, Any],
+        min_interval_s: float = 0.01,
+        flush_interval_s: float = 1.0,
+    ) -> None:
+        self.path = path
+        self.error: str | None = None
         self._t0 = time.monotonic()
         self._names: dict[int, str] = {}
         self._recheck_at = 1.0  # names of known processes are read again about once a second
         self._last_t = -1.0
         self._min_interval_s = min_interval_s  # at most 100 lines a second near a limit
+        self._flush_interval_s = flush_interval_s  # a live recording is readable as it grows
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._flushed_t = 0.0
+        try:
+            self._fd = open_output(path)
+        except OSError as e:
+            self._fd = -1
+            self._fail(e)
+            return
         self._write({"type": "start", "t0": time.time(), **header})
+        self.flush()
+
+    def _fail(self, e: OSError) -> None:
+        why = {6: "no process reads that FIFO"}.get(e.errno or 0, e.strerror or str(e))
+        self.error = f"cannot record to {self.path}: {why}; recording stopped"
+        self._pending = []
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        if self._fd < 0:
+            return
+        line = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        if self._pending_bytes >= 1 << 16 or self.now() - self._flushed_t >= self._flush_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending; a reader that is slow only delays it (up to a bound)."""
+        if self._fd < 0 or not self._pending:
+            return
+        self._flushed_t = self.now()
+        data = memoryview(b"".join(self._pending))
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except BlockingIOError:
+            if len(data) > MAX_PENDING_BYTES:
+                self._fail(OSError(0, "its reader is not keeping up"))
+                return
+        except OSError as e:
+            self._fail(e)
+            return
+        self._pending = [bytes(data)] if data else []
+        self._pending_bytes = len(data)
 
     def now(self) -> float:
         return round(time.monotonic() - self._t0, 4)
@@ -40,7 +127,7 @@ class Recorder:
         self, rss: int, procs: dict[int, int], names: dict[int, str], *, force: bool = False
     ) -> None:
         t = self.now()
-        if not force and t - self._last_t < self._min_interval_s:
+        if self._fd < 0 or (not force and t - self._last_t < self._min_interval_s):
             return
         self._last_t = t
         for pid, name in names.items():
@@ -61,8 +148,17 @@ class Recorder:
         self._write({"type": "event", "t": self.now(), "kind": kind, "detail": detail})
 
     def end(self, **fields: Any) -> None:
+        import select
+
         self._write({"type": "end", "t": self.now(), **fields})
-        self._f.close()
+        deadline = time.monotonic() + END_WAIT_S
+        self.flush()
+        while self._fd >= 0 and self._pending and time.monotonic() < deadline:
+            select.select([], [self._fd], [], max(deadline - time.monotonic(), 0))
+            self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 @dataclass

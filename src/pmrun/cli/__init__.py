@@ -43,10 +43,11 @@ def _is_launch(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if _is_launch(args) or (args[:1] == ["run"] and len(args) > 1):
+    if _is_launch(args) or args[:1] == ["run"] or not args:
+        # `pmrun` and `pmrun run` alone are a launch without a command: pmrun's error, 125.
         from .run import launch_main
 
-        sys.exit(launch_main(args[1:] if args[0] == "run" else args))
+        sys.exit(launch_main(args[1:] if args[:1] == ["run"] else args))
     from ._group import cli
 
     cli.main(args=args, prog_name="pmrun")

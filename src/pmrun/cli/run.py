@@ -133,11 +133,12 @@ def build_settings(parsed: Parsed):
     from ..launcher import LaunchSettings
     from ..report import Limits, private_fd
 
-    cfg = config.load(parsed.flags)
+    cfg = config.load(parsed.flags, cwd=_cwd())
     max_rss, warn_rss = cfg["agent.max-rss"], cfg["agent.warn-rss"]
-    if cfg.source("agent.warn-rss") == "default" and warn_rss > max_rss:
+    if cfg.source("agent.warn-rss") == "default" and warn_rss >= max_rss:
         # Only an explicit --warn-rss above --max-rss is an error; the default
-        # warning follows a smaller limit down, keeping the defaults' ratio (1/2).
+        # warning follows a limit at or below it down, keeping the defaults' ratio (1/2):
+        # a warning at the limit itself would never come before the stop.
         warn_rss = max_rss // 2
     limits = Limits(
         max_rss=max_rss,
@@ -185,8 +186,48 @@ def _pid_fd(raw: object) -> int | None:
     return fd
 
 
+def _cwd():  # -> Path | None (the launch path does not import typing)
+    """Where to look for the project config from: the cwd, or where a deleted one was.
+
+    A deleted working directory is no error for the command (it runs there as bare), so
+    the project config is looked for from its former place upwards.
+    """
+    try:
+        os.getcwd()
+        return None
+    except OSError:
+        pass
+    from pathlib import Path  # only here: importing it costs every agent start ~9 ms
+
+    try:
+        former = os.readlink("/proc/self/cwd").removesuffix(" (deleted)")
+    except OSError:
+        return Path("/")
+    return Path(former)
+
+
+def reserve_std_fds() -> None:
+    """Hold closed fds 0-2 with /dev/null, close-on-exec, until the command starts.
+
+    Started with ``>&-`` or ``2>&-``, pmrun would otherwise hand those numbers to its own
+    pipes and files (and write its messages into them); close-on-exec gives the command
+    the same closed fd it would have had bare.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            if held != fd:
+                os.dup2(held, fd, inheritable=False)
+                os.close(held)
+
+
 def _fail(message: str, code: int) -> int:
-    os.write(2, f"pmrun: {message}\n".encode(errors="replace"))
+    try:
+        os.write(2, f"pmrun: {message}\n".encode(errors="replace"))
+    except OSError:  # stderr's reader is gone: the exit code still says it
+        pass
     return code
 
 
@@ -194,6 +235,7 @@ def launch_main(args: list[str]) -> int:
     """Entry point of ``pmrun [OPTIONS] -- COMMAND``; returns the exit status."""
     from ..launcher import Launcher
 
+    reserve_std_fds()
     try:
         parsed = parse(args)
         if parsed.help:
@@ -205,7 +247,13 @@ def launch_main(args: list[str]) -> int:
             return _fail(
                 "no command given: use pmrun [OPTIONS] -- COMMAND [ARGS]...", ExitCode.LAUNCH_ERROR
             )
-        return Launcher(parsed.command, build_settings(parsed)).run()
+        launcher = Launcher(parsed.command, build_settings(parsed))
+        code = launcher.run()
+        if launcher.report.reason == "signal" and launcher.report.signal:
+            from .._signals import die_by
+
+            die_by(launcher.report.signal)  # as the command died: a shell loop stops on ^C
+        return code
     except (CommandNotFound, CommandNotExecutable) as e:
         return _fail(str(e), e.exit_code)
     except PmrunError as e:
