@@ -439,9 +439,16 @@ def shell_uses(path: Path) -> list[str]:
     return found
 
 
-# The one shell pmrun starts: a file without #! (ENOEXEC) runs as `/bin/sh FILE ARGS`, as
-# execvp(3) and env(1) do; the user chose that file, and argv is never a shell command.
-ALLOWED_SHELL_USES = {"_spawn.py '/bin/sh'"}
+# pmrun starts a shell only where its user asks for one, as the tools it stands in for do:
+# a file without #! (ENOEXEC) runs as `/bin/sh FILE ARGS`, as execvp(3) and env(1) do; and
+# pmrun.launch/run(..., shell=True) runs `/bin/sh -c CMD`, as subprocess.Popen does. The
+# other literals name the shells whose scripts `pmrun completion` and `pmrun shim env` print.
+ALLOWED_SHELL_USES = {
+    "_spawn.py '/bin/sh'",
+    "api.py '/bin/sh'",
+    "api.py ':func:`asyncio.create_subprocess_shell` under pmrun (``/bin/sh -c cmd``).'",
+    *(f"{f} '{sh}'" for f in ("completion.py", "shim.py") for sh in ("bash", "zsh", "sh", "dash")),
+}
 
 
 def test_no_source_file_runs_a_shell() -> None:
