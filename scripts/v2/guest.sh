@@ -4,6 +4,7 @@
 #
 #   guest.sh REPO OUT -- PYTEST-ARGS...
 #
+# OUT/snap, if there, is a snapshot of the working tree laid over REPO.
 # - A second, cache=loose 9p view of the host's / (tag "hostc"): the root virtme-ng
 #   mounts has no page cache, so every exec would re-read its pages from the host
 #   (python -c pass: 1.5 s instead of 0.45 s). It is overlaid on the repo (writes are
@@ -20,7 +21,9 @@ shift 2
 
 mkdir -p /run/hostc /run/ov/u /run/ov/w /run/pmrun-disk
 if mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=524288 hostc /run/hostc; then
-  mount -t overlay overlay -o "lowerdir=/run/hostc$repo,upperdir=/run/ov/u,workdir=/run/ov/w" "$repo" || true
+  lower=/run/hostc$repo
+  [ -d "/run/hostc$out/snap" ] && lower="/run/hostc$out/snap:$lower"
+  mount -t overlay overlay -o "lowerdir=$lower,upperdir=/run/ov/u,workdir=/run/ov/w" "$repo" || true
   py=$(readlink -f "$repo/.venv/bin/python" 2>/dev/null || true)
   prefix=${py%/bin/*}
   case "$prefix" in

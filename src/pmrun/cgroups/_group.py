@@ -123,6 +123,11 @@ class AgentGroup:
         """Processes of the group the kernel's OOM killer has killed."""
         raise NotImplementedError
 
+    def memory_events(self) -> dict[str, int]:
+        """v2 ``memory.events``: how often the group met memory.high ("high"), memory.max
+        ("max"), the OOM killer ("oom") and lost a process to it ("oom_kill"); {} on v1."""
+        return {}
+
     def limit_bytes(self) -> int | None:
         """The group's hard limit as the kernel holds it (rounded to pages)."""
         raise NotImplementedError
@@ -317,7 +322,21 @@ class V2Group(AgentGroup):
             return None
 
     def oom_kills(self) -> int:
-        return parse_flat_keyed(read_text(self._file("memory.events"))).get("oom_kill", 0)
+        return self.memory_events().get("oom_kill", 0)
+
+    def memory_events(self) -> dict[str, int]:
+        return parse_flat_keyed(read_text(self._file("memory.events")))
+
+    def oom_group(self) -> bool:
+        """Whether a kernel OOM kill takes the whole group (``memory.oom.group``)."""
+        try:
+            return read_text(self._file("memory.oom.group")).strip() == "1"
+        except FileNotFoundError:  # before Linux 4.19
+            return False
+
+    def has_kill_file(self) -> bool:
+        """Whether ``cgroup.kill`` (Linux 5.14+) kills the group, forks included."""
+        return os.path.exists(self._file("cgroup.kill"))
 
     def limit_bytes(self) -> int | None:
         return parse_limit(read_text(self._file("memory.max")))
