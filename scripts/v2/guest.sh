@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs as root inside the v2 guest (see scripts/test-v2): make the guest look like a
-# cgroup v2 host pmrun is meant for, then run pytest and leave its exit status in $V2_OUT.
+# cgroup v2 host pmrun is meant for, then run a command (pytest) in REPO and leave its
+# exit status in OUT/rc.
 #
-#   guest.sh REPO OUT -- PYTEST-ARGS...
+#   guest.sh REPO OUT -- COMMAND [ARGS...]
 #
 # OUT/snap, if there, is a snapshot of the working tree laid over REPO.
 # - A second, cache=loose 9p view of the host's / (tag "hostc"): the root virtme-ng
@@ -52,7 +53,7 @@ cd "$repo" || { echo 125 > "$out/rc"; exit 125; }
 # The guest has no user session: a runtime directory for the coordinator's socket.
 export XDG_RUNTIME_DIR=/run/user/0 && mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
 export PMRUN_V2_GUEST=1
-.venv/bin/python -m pytest "$@"
+"$@"
 rc=$?
 echo "$rc" > "$out/rc"
 exit "$rc"

@@ -62,7 +62,10 @@ def spawn(
     r, w = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    # A backend may make the child itself: the cgroup v2 backend has it born inside the
+    # agent's group (clone3, pmrun.cgroups._clone3), falling back to this fork.
+    fork = getattr(getattr(prepare, "__self__", None), "fork_child", os.fork)
+    pid = fork()
     if pid == 0:  # the child: only exec or _exit from here
         try:
             os.close(r)

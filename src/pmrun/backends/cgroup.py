@@ -102,15 +102,36 @@ class CgroupBackend(Backend):
         self._kill_file = False
         self._reader = _procfs.TreeReader()  # keeps each process's statm open between samples
         self._wakeup: int | None = None
+        # v2: the group's directory, open for clone3(CLONE_INTO_CGROUP) in fork_child.
+        self._group_fd = (
+            cgroups.open_for_clone(group.memory_dir) if isinstance(group, cgroups.V2Group) else None
+        )
+        self._born_inside = False  # in the child: clone3 put it in the group already
         self.close_error: str | None = None  # why close() could not remove the group
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"pid {self._pid}" if self._pid else "not started"
         return f"<CgroupBackend {self.group.memory_dir} ({state})>"
 
+    def fork_child(self) -> int:
+        """fork(), with the child born inside the group where the kernel can (v2: clone3).
+
+        Called by ``_spawn`` in place of ``os.fork``. A child made by clone3 never runs
+        outside its group and skips the join (a migration: ~15 ms of RCU grace period
+        on a 6.1 kernel); where clone3 fails nothing was made and this is a plain fork.
+        """
+        if self._group_fd is not None:
+            pid = cgroups.fork_into(self._group_fd)
+            if pid is not None:
+                self._born_inside = pid == 0
+                return pid
+        return os.fork()
+
     def prepare_child(self) -> None:
         # In the forked child: opens and writes of prepared paths, nothing else. If the
         # join fails, exec must not happen: the agent would run outside its group.
+        if self._born_inside:
+            return
         try:
             self.group.join_self()
         except OSError as e:
@@ -138,9 +159,16 @@ class CgroupBackend(Backend):
         return Sample(stat.counted_bytes, tuple(procs), usage)
 
     def wakeup_fd(self) -> int | None:
-        """v1: the kernel signals the moment usage crosses ``--max-rss`` (see threshold_eventfd)."""
+        """The kernel's word that the agent nears its limits, instead of the next sample.
+
+        v1: usage crossed ``--max-rss`` (a threshold eventfd). v2: ``memory.events``
+        moved (memory.high, half-way to the hard limit, or memory.max was hit).
+        """
         if self._wakeup is None:
-            self._wakeup = self.group.threshold_eventfd([self.max_rss])
+            if isinstance(self.group, cgroups.V2Group):
+                self._wakeup = self.group.events_eventfd()
+            else:
+                self._wakeup = self.group.threshold_eventfd([self.max_rss])
         return self._wakeup
 
     def memory_stat(self) -> cgroups.MemoryStat:
@@ -213,6 +241,7 @@ class CgroupBackend(Backend):
                 self._kill_file = self.group.has_kill_file()
             d["oom_group"] = self._oom_group  # a kernel OOM kill takes the whole agent
             d["kill"] = "cgroup.kill" if self._kill_file else "signals"
+            d["start"] = "clone3" if self._group_fd is not None else "cgroup.procs"
         if self.orphans_cleaned:
             d["orphans_cleaned"] = list(self.orphans_cleaned)
         return d
@@ -237,6 +266,9 @@ class CgroupBackend(Backend):
             self.close_error = str(e)
         finally:
             self._reader.close()
+            if self._group_fd is not None:
+                os.close(self._group_fd)
+                self._group_fd = None
             if self._oom_log is not None:
                 self._oom_log.close()
 

@@ -15,7 +15,14 @@ import time
 
 from ..errors import CgroupError
 from ._layout import LAUNCHER_LEAF, Layout, read_text
-from ._parse import MemoryStat, memory_stat_v1, memory_stat_v2, parse_flat_keyed, parse_limit
+from ._parse import (
+    MemoryStat,
+    memory_stat_v1,
+    memory_stat_v2,
+    parse_flat_keyed,
+    parse_limit,
+    parse_pressure,
+)
 
 TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
 if TYPE_CHECKING:
@@ -200,6 +207,14 @@ class AgentGroup:
             remove_if_empty(os.path.dirname(d))
 
 
+def group_pressure(directory: str) -> dict[str, float] | None:
+    """A v2 group's memory PSI (``memory.pressure``): {"some"/"full": avg10 %}; None if none."""
+    try:
+        return parse_pressure(read_text(os.path.join(directory, "memory.pressure")))
+    except OSError:
+        return None
+
+
 def remove_if_empty(directory: str) -> bool:
     """rmdir a parent group unless another agent's group is in it (or it is gone)."""
     try:
@@ -351,6 +366,45 @@ class V2Group(AgentGroup):
             if os.path.exists(self._file(name)):
                 write_file(self._file(name), value)
 
+    def events_eventfd(self) -> int | None:
+        """An eventfd written each time the kernel changes ``memory.events``; None if not.
+
+        The kernel marks the file for poll(2) (POLLPRI) whenever a counter moves: the
+        group went over memory.high or memory.max, or met the OOM killer. A daemon
+        thread waits on it and turns each change into one eventfd count, the same kind
+        of fd v1's threshold gives, so the launcher's relay reads both alike.
+        """
+        import _thread
+        import select
+
+        try:
+            events = os.open(self._file("memory.events"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            efd = os.eventfd(0, os.EFD_CLOEXEC)
+        except (AttributeError, OSError):
+            os.close(events)
+            return None
+
+        def watch() -> None:
+            poller = select.poll()
+            poller.register(events, select.POLLPRI)
+            try:
+                while True:
+                    os.pread(events, 4096, 0)  # read to re-arm the notification
+                    for _fd, ev in poller.poll():
+                        if ev & select.POLLNVAL:
+                            return
+                    os.eventfd_write(efd, 1)
+            except OSError:  # the group was removed, or the eventfd closed
+                return
+            finally:
+                os.close(events)
+
+        _thread.start_new_thread(watch, ())
+        return efd
+
     def _kill_listed(self) -> list[int]:
         kill_file = self._file("cgroup.kill")
         pids = self.pids()
@@ -394,7 +448,11 @@ def _mkdir(path: str, *, exist_ok: bool) -> None:
 
 
 def _fail_create(where: str, e: OSError) -> CgroupError:
-    return CgroupError(f"cannot create a cgroup under {where}: {e.strerror}")
+    hint = ""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        # The supported way for a user on a systemd host: a scope of their own, delegated.
+        hint = " (not delegated to this user: run `systemd-run --user --scope -p Delegate=yes pmrun ...`)"
+    return CgroupError(f"cannot create a cgroup under {where}: {e.strerror}{hint}")
 
 
 def _make_child(parent: str, name: str, prepare: Callable[[], None] | None = None) -> str:

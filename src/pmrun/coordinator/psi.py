@@ -6,7 +6,7 @@ have stalled on memory for 150 ms within any 1 s window. Unprivileged writers ma
 use windows that are multiples of 2 s (Linux 6.5+); root may use 500 ms-10 s. The fd
 must stay open: closing it removes the trigger.
 
-:class:`Watch` holds the triggers and a daemon thread blocked in poll(2); each event
+:class:`Watch` holds the triggers on ``<proc>/pressure/memory`` and a daemon thread blocked in poll(2); each event
 calls ``on_event`` (from that thread: hand it to the event loop thread-safely).
 """
 
@@ -20,7 +20,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-SYSTEM = "/proc/pressure/memory"
 # 100 ms of "some" stall in a 500 ms window, the smallest window root may ask for: the
 # coordinator hears of memory pressure within the window rather than at its next tick.
 DEFAULT_TRIGGERS = ("some 100000 500000",)
@@ -42,8 +41,8 @@ def open_trigger(path: str, trigger: str) -> int:
 class Watch:
     """Triggers on one pressure file and the thread that waits on them."""
 
-    def __init__(self, on_event: Callable[[], None], path: str = SYSTEM) -> None:
-        self.path = path
+    def __init__(self, on_event: Callable[[], object], path: str = "/proc/pressure/memory") -> None:
+        self.path = path  # /proc/pressure/memory, or a v2 group's memory.pressure
         self.fds: list[int] = []
         self.error: str | None = None  # why no trigger could be set, for status
         self._on_event = on_event
@@ -78,6 +77,8 @@ class Watch:
                     self._on_event()
 
     def close(self) -> None:
+        """Remove the triggers. The thread stays blocked in poll(2) until the process ends
+        (closing an fd does not wake a poll on it); it holds nothing else."""
         fds, self.fds = self.fds, []
         for fd in fds:
             os.close(fd)

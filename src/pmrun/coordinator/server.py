@@ -987,6 +987,12 @@ class Coordinator:
         )  # fmt: skip
         await self.read()
         monitor = self.loop.create_task(self._monitor())
+        from .psi import Watch  # a memory stall wakes the monitor at once (PSI triggers)
+
+        wake, loop = self._wake, self.loop
+        psi_watch = Watch(
+            lambda: loop.call_soon_threadsafe(wake.set), f"{self.settings.proc}/pressure/memory"
+        )
         if ready is not None:
             ready()
         try:
@@ -997,6 +1003,7 @@ class Coordinator:
                 if c.transport is not None:
                     c.transport.close()
             monitor.cancel()
+            psi_watch.close()
             for t in list(self._tasks):
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
