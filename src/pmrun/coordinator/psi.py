@@ -45,6 +45,7 @@ class Watch:
         self.path = path  # /proc/pressure/memory, or a v2 group's memory.pressure
         self.fds: list[int] = []
         self.error: str | None = None  # why no trigger could be set, for status
+        self._stop_w = -1
         self._on_event = on_event
         for triggers in (DEFAULT_TRIGGERS, UNPRIVILEGED_TRIGGERS):
             try:
@@ -55,7 +56,9 @@ class Watch:
                 self.error = f"cannot set a PSI trigger on {path}: {e.strerror}"
         if self.fds:
             self.error = None
+            self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
             self._poll = select.poll()
+            self._poll.register(self._stop_r, select.POLLIN)
             for fd in self.fds:
                 self._poll.register(fd, select.POLLPRI)
             _thread.start_new_thread(self._run, ())
@@ -65,20 +68,28 @@ class Watch:
         return bool(self.fds)
 
     def _run(self) -> None:
-        while self.fds:
-            try:
+        try:
+            while True:
                 events = self._poll.poll()
-            except OSError:
-                return
-            for _fd, ev in events:
-                if ev & (select.POLLERR | select.POLLNVAL):
-                    return  # the file went away (a removed group) or the fd was closed
-                if ev & select.POLLPRI:
+                if any(fd == self._stop_r for fd, _ in events):
+                    break
+                if any(ev & select.POLLPRI for _, ev in events):
                     self._on_event()
+                if any(ev & (select.POLLERR | select.POLLNVAL) for _, ev in events):
+                    break  # the group went away (a removed cgroup's memory.pressure)
+        except Exception:  # never a traceback from a helper thread; the tick still runs
+            pass
+        finally:
+            for fd in (*self.fds, self._stop_r):
+                os.close(fd)
+            self.fds = []
 
     def close(self) -> None:
-        """Remove the triggers. The thread stays blocked in poll(2) until the process ends
-        (closing an fd does not wake a poll on it); it holds nothing else."""
-        fds, self.fds = self.fds, []
-        for fd in fds:
-            os.close(fd)
+        """Remove the triggers (the thread closes them on its way out)."""
+        stop_w, self._stop_w = self._stop_w, -1
+        if stop_w >= 0:
+            try:
+                os.write(stop_w, b"x")  # a pipe's buffer always takes one byte
+            except OSError:  # the thread ended already (EPIPE)
+                pass
+            os.close(stop_w)
