@@ -32,6 +32,9 @@ KILL_TIMEOUT_S = 10.0  # SIGKILLed processes still listed after this are stuck i
 FREEZE_TIMEOUT_S = 1.0  # a freeze not done by then (a task in D state) is killed unfrozen
 REMOVE_TIMEOUT_S = 2.0  # rmdir may say EBUSY for a moment after the last task exits
 _BUSY = (errno.EBUSY, errno.ENOTEMPTY)
+# At most this many memory.events wake-ups a second reach the launcher (20): near its
+# limit the launcher samples every 1 ms anyway, and memory.high slows a runaway there.
+EVENTS_MIN_INTERVAL_S = 0.05
 
 
 def write_file(path: str, text: str) -> None:
@@ -391,12 +394,19 @@ class V2Group(AgentGroup):
             poller = select.poll()
             poller.register(events, select.POLLPRI)
             try:
+                last = os.pread(events, 4096, 0)  # reading re-arms the notification
                 while True:
-                    os.pread(events, 4096, 0)  # read to re-arm the notification
                     for _fd, ev in poller.poll():
                         if ev & select.POLLNVAL:
                             return
-                    os.eventfd_write(efd, 1)
+                    now = os.pread(events, 4096, 0)
+                    if now != last:
+                        last = now
+                        os.eventfd_write(efd, 1)
+                        # Coalesced: a group reading files at memory.high moves "high"
+                        # on every reclaim; a wake per change (thousands a second) made
+                        # the launcher sample in a loop. Changes meanwhile wake it next.
+                        time.sleep(EVENTS_MIN_INTERVAL_S)
             except OSError:  # the group was removed, or the eventfd closed
                 return
             finally:
