@@ -18,7 +18,10 @@ exists, and the caller forks and joins the ordinary way.
 from __future__ import annotations
 
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # typing is for annotations only: this module is on the launch path
+if TYPE_CHECKING:
+    from typing import Any
 
 SYS_CLONE3 = 435  # x86-64, arm64 and every architecture using the generic table
 CLONE_INTO_CGROUP = 0x200000000
