@@ -23,6 +23,9 @@ import pytest
 VENV_BIN = Path(sys.executable).parent
 PMRUN = str(VENV_BIN / "pmrun")
 PYTHON = sys.executable
+# Deadlines stretch where everything runs slower (PMRUN_TEST_TIME_SCALE=10 in the v2 lane's
+# emulated guest, see scripts/test-v2); read at import, before isolated_env clears PMRUN_*.
+TIME_SCALE = float(os.environ.get("PMRUN_TEST_TIME_SCALE") or 1)
 
 
 def _pids_with_token(token: str) -> list[int]:
@@ -48,6 +51,7 @@ def wait_for(
     predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
 ) -> object:
     """Poll ``predicate`` until it is truthy; fail the test at the deadline."""
+    timeout *= TIME_SCALE
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import prctl
 import pytest
@@ -28,6 +32,7 @@ from pmrun.errors import CgroupError, PmrunError
 
 MiB = 1 << 20
 GiB = 1 << 30
+F = TypeVar("F", bound=Callable[..., Any])
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 
@@ -46,13 +51,20 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 LAYOUT = None if REASON else cgroups.detect()
 
 
-def v(version: int) -> pytest.MarkDecorator:
+def v(version: int) -> Callable[[F], F]:
+    """Run only where the memory controller is on cgroup ``version``; marked ``v1``/``v2``
+    so that each lane can select its own (``-m "not v1"`` in the v2 guest)."""
     here = LAYOUT.version if LAYOUT else None
-    return pytest.mark.skipif(
+    skip = pytest.mark.skipif(
         here != version,
         reason=f"the memory controller is on cgroup v{here} here, not v{version}"
-        + (" (v2 file handling is tested on a fake cgroupfs)" if version == 2 else ""),
+        + (" (scripts/test-v2 runs these on a real v2 kernel)" if version == 2 else ""),
     )
+
+    def mark(f: F) -> F:
+        return getattr(pytest.mark, f"v{version}")(skip(f))  # type: ignore[no-any-return]
+
+    return mark
 
 
 def no_groups_left(*dirs: str) -> None:
@@ -70,9 +82,13 @@ class Launcher:
         self.backends: list[CgroupBackend] = []
         self.extra_pids: list[int] = []  # daemons the agents reported
 
-    def backend(self, max_rss: int = 200 * MiB, warn_rss: int = 100 * MiB) -> CgroupBackend:
+    def backend(
+        self, max_rss: int = 200 * MiB, warn_rss: int = 100 * MiB, memory_high: str = "backstop"
+    ) -> CgroupBackend:
         agent_id = f"test-{len(self.backends)}.{os.getpid()}"
-        b = create_cgroup_backend(agent_id=agent_id, max_rss=max_rss, warn_rss=warn_rss)
+        b = create_cgroup_backend(
+            agent_id=agent_id, max_rss=max_rss, warn_rss=warn_rss, memory_high=memory_high
+        )
         self.backends.append(b)
         return b
 
@@ -229,15 +245,42 @@ def test_v1_group_has_a_freezer_twin_and_no_swap(launcher: Launcher) -> None:
 
 
 @v(2)
-def test_v2_group_throttles_at_warn_and_kills_as_a_whole(launcher: Launcher) -> None:
+def test_v2_group_throttles_only_past_max_rss_and_kills_as_a_whole(launcher: Launcher) -> None:
     b = launcher.backend(max_rss=200 * MiB, warn_rss=100 * MiB)
     d = Path(b.group.memory_dir)
     assert (d / "memory.max").read_text().strip() == str(232 * MiB)
-    assert (d / "memory.high").read_text().strip() == str(100 * MiB)
+    # Half-way between pmrun's stop and the kernel's limit, never at --warn-rss.
+    assert (d / "memory.high").read_text().strip() == str(216 * MiB)
     if (d / "memory.oom.group").exists():
         assert (d / "memory.oom.group").read_text().strip() == "1"
     if (d / "memory.swap.max").exists():
         assert (d / "memory.swap.max").read_text().strip() == "0"
+
+
+HOLD_150M = """
+import sys, time
+block = bytearray(150 << 20)
+for i in range(0, len(block), 4096):  # touched page by page: every page resident
+    block[i] = 1
+open(sys.argv[1], "w").write("ok")
+time.sleep(120)
+"""
+
+
+@v(2)
+def test_v2_agent_past_warn_rss_is_not_throttled(launcher: Launcher, tmp_path: Path) -> None:
+    # 150 MiB between --warn-rss (50M) and --max-rss (200M): pmrun means to let it run.
+    # With memory.high at --warn-rss and no swap the kernel throttled it (an allocator
+    # needed 65 s for 24 MiB): memory.events counted "high" and it never got there.
+    b = launcher.backend(max_rss=200 * MiB, warn_rss=50 * MiB)
+    ready = ready_file(tmp_path)
+    pid = launcher.python(b, HOLD_150M, str(ready))
+    wait_file(ready, timeout=120)
+    events = b.memory_events()
+    assert events.get("high", 0) == 0 and events.get("max", 0) == 0, events
+    assert 150 * MiB <= b.sample().rss_bytes < 200 * MiB
+    os.kill(pid, signal.SIGKILL)
+    launcher.wait(pid)
 
 
 def test_agent_is_in_its_group_from_its_first_instruction(
@@ -259,6 +302,88 @@ def test_agent_is_in_its_group_from_its_first_instruction(
             assert v1["freezer"].endswith("/pmrun/" + b.group.name)
     else:
         assert v2 == b.group.path
+
+
+@v(2)
+def test_v2_child_is_born_in_its_group_by_clone3(launcher: Launcher) -> None:
+    # Born there, not moved there: the child's cgroup is the group's before it runs a
+    # single instruction of its own (it blocks on the pipe first).
+    b = launcher.backend()
+    fd = cgroups.open_for_clone(b.group.memory_dir)
+    assert fd is not None
+    r, w = os.pipe()
+    try:
+        pid = cgroups.fork_into(fd)
+        if pid == 0:  # the child: wait for the parent's look, then leave
+            os.read(r, 1)
+            os._exit(0)
+        assert pid is not None and pid > 0
+        launcher.started.append(pid)
+        own = Path(f"/proc/{pid}/cgroup").read_text()
+        assert cgroups._parse.parse_proc_cgroup(own)[1] == b.group.path
+        assert b.pids() == [pid]
+        os.write(w, b"x")
+        assert launcher.wait(pid) == 0
+    finally:
+        for x in (r, w, fd):
+            os.close(x)
+
+
+def test_clone3_that_cannot_be_done_makes_no_child() -> None:
+    # An fd that is no cgroup v2 group (a plain directory, a v1 group, a closed fd):
+    # the kernel refuses and no child exists, so the caller forks as before.
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert cgroups.fork_into(fd) is None
+    finally:
+        os.close(fd)
+    assert cgroups.fork_into(-1) is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+# For --max-rss 100M (memory.high 116M, the hard limit 132M): over memory.high with the
+# interpreter's own ~8 MiB, under the hard limit.
+HOLD_OVER_HIGH = HOLD_150M.replace("150 << 20", "118 << 20")
+
+
+@v(2)
+def test_v2_memory_events_wake_the_launcher(launcher: Launcher, tmp_path: Path) -> None:
+    # An agent going over memory.high: the kernel's change of memory.events makes the
+    # wake-up fd readable.
+    b = launcher.backend(max_rss=100 * MiB, warn_rss=50 * MiB)
+    fd = b.wakeup_fd()
+    assert fd is not None
+    ready = ready_file(tmp_path)
+    pid = launcher.python(b, HOLD_OVER_HIGH, str(ready))
+    wait_for(lambda: select.select([fd], [], [], 0.5)[0], timeout=300)
+    assert os.eventfd_read(fd) >= 1
+    assert b.memory_events()["high"] > 0
+    os.kill(pid, signal.SIGKILL)
+    launcher.wait(pid)
+
+
+@v(2)
+def test_v2_group_psi_trigger_fires_when_the_agent_stalls(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    # Over memory.high without swap, the kernel throttles the agent's allocations: a
+    # memory stall PSI counts, so a trigger on the group's memory.pressure fires, and
+    # `pmrun status` reads the same file.
+    from pmrun.coordinator import psi
+
+    b = launcher.backend(max_rss=100 * MiB, warn_rss=50 * MiB)
+    fired = threading.Event()
+    w = psi.Watch(fired.set, os.path.join(b.group.memory_dir, "memory.pressure"))
+    try:
+        assert w.active, w.error
+        pid = launcher.python(b, HOLD_OVER_HIGH, str(ready_file(tmp_path)))
+        wait_for(fired.is_set, timeout=300)
+        assert cgroups.group_pressure(b.group.memory_dir) is not None
+        os.kill(pid, signal.SIGKILL)
+        launcher.wait(pid)
+    finally:
+        w.close()
 
 
 def test_agent_that_cannot_join_its_group_never_runs(launcher: Launcher, tmp_path: Path) -> None:
@@ -324,8 +449,9 @@ def test_page_cache_is_not_counted_and_is_reclaimed_at_the_limit(
 
 def test_kernel_backstop_oom_kills_a_full_speed_allocator(launcher: Launcher) -> None:
     # Nobody samples here: the kernel's limit alone stops the allocator, and it cannot
-    # be overshot.
-    b = launcher.backend(max_rss=100 * MiB)
+    # be overshot. (On v2, memory.high half-way below it would first slow the allocator
+    # down for pmrun's SIGTERM to land; with nobody to send it, that only takes longer.)
+    b = launcher.backend(max_rss=100 * MiB, memory_high="off")
     pid = launcher.python(b, FULL_SPEED)
     status = launcher.wait(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
@@ -491,6 +617,62 @@ def test_nobody_cannot_create_a_group_and_auto_falls_back() -> None:
     assert out["cgroup"] == out["error"]
 
 
+@v(2)
+def test_v2_a_user_in_a_delegated_subtree_gets_cgroups(tmp_path: Path) -> None:
+    # What systemd does for `systemd-run --user --scope -p Delegate=yes`: a group whose
+    # directory, cgroup.procs, cgroup.threads and cgroup.subtree_control belong to the
+    # user, with pmrun started inside it. As that user, pmrun moves itself into a
+    # pmrun-launcher leaf and makes the agent's group beside it, under pmrun/.
+    cmd = nobody_python()
+    assert LAYOUT is not None
+    nobody = pwd.getpwnam("nobody")
+    deleg = Path(LAYOUT.mount_point) / f"pmrun-test-user-{os.getpid()}"
+    deleg.mkdir()
+    out = Path("/tmp") / f"pmrun-deleg-{os.getpid()}"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    try:
+        for f in (deleg, *(deleg / n for n in DELEGATED_FILES)):
+            os.chown(f, nobody.pw_uid, nobody.pw_gid)
+
+        def enter_and_drop() -> None:  # as root: into the subtree, then become nobody
+            Path(deleg, "cgroup.procs").write_text("0")
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+
+        report = out / "report.json"
+        show = "print(open('/proc/self/cgroup').read().strip())"
+        r = subprocess.run(
+            [*cmd, "-m", "pmrun", "--no-coordinator", "--backend", "cgroup", "--report",
+             str(report), "--", cmd[-1], "-c", show],
+            preexec_fn=enter_and_drop, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "XDG_RUNTIME_DIR": str(out), "HOME": str(out)},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        backend = json.loads(report.read_text())["backend"]
+        assert backend["name"] == "cgroup-v2"
+        assert backend["group"].startswith(str(deleg / "pmrun") + "/")
+        assert r.stdout.strip().startswith(f"0::/{deleg.name}/pmrun/")
+    finally:
+        for leftover in sorted(deleg.glob("**/"), key=lambda p: -len(p.parts)):
+            for pid in read_pids_of(leftover):
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda d=leftover: not read_pids_of(d), timeout=30)
+            leftover.rmdir()
+        shutil.rmtree(out)
+
+
+DELEGATED_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
+
+
+def read_pids_of(d: Path) -> list[int]:
+    try:
+        return [int(x) for x in (d / "cgroup.procs").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
 # -- container awareness -------------------------------------------------------------------------
 
 SHOW_MEMORY = """
@@ -509,12 +691,16 @@ def test_a_process_in_a_1g_group_sees_1g_of_system_memory(tmp_path: Path) -> Non
     # What the coordinator computes its system threshold against, from inside a
     # memory-limited cgroup (a container): 1 GiB, not the host's MemTotal.
     assert LAYOUT is not None
+    if LAYOUT.version == 2:
+        # A child of our group has the memory controller only if our group hands it down
+        # (the v2 lane's guest runs in the root, with memory in its subtree_control).
+        sc = Path(LAYOUT.memory_dir, "cgroup.subtree_control").read_text().split()
+        if "memory" not in sc:
+            pytest.skip("needs the memory controller enabled below our v2 group")
     box = os.path.join(LAYOUT.memory_dir, f"pmrun-test-box-{os.getpid()}")
     os.mkdir(box)
     try:
         limit_file = "memory.limit_in_bytes" if LAYOUT.version == 1 else "memory.max"
-        if LAYOUT.version == 2:
-            pytest.skip("needs a v2 group with memory enabled beside us")  # pragma: no cover
         Path(box, limit_file).write_text(str(GiB))
 
         def join() -> None:
@@ -528,9 +714,9 @@ def test_a_process_in_a_1g_group_sees_1g_of_system_memory(tmp_path: Path) -> Non
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["limit"] == GiB and out["total"] == GiB
-        assert out["source"] == f"cgroup v1 {box}"
+        assert out["source"] == f"cgroup v{LAYOUT.version} {box}"
     finally:
-        wait_for(lambda: not cgroups.V1Group(box, "").pids())
+        wait_for(lambda: not cgroups._group.read_pids(box))
         os.rmdir(box)
 
 

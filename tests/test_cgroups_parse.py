@@ -272,6 +272,9 @@ def test_kernel_limit_is_above_max_rss_and_tight(max_rss: int) -> None:
 
 
 def test_memory_high_levels() -> None:
+    # The default: half-way between --max-rss and the kernel's limit, never at --warn-rss.
+    assert memory_high_bytes("backstop", 200 * MiB, 100 * MiB) == 216 * MiB
+    assert memory_high_bytes("backstop", 2 * GiB, GiB) == 2 * GiB + 32 * MiB
     assert memory_high_bytes("warn", GiB, 500 * MiB) == 500 * MiB
     assert memory_high_bytes("warn", GiB, GiB) is None  # warning at the stop: nothing to add
     assert memory_high_bytes("warn", GiB, 0) is None

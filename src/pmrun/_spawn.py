@@ -115,7 +115,10 @@ def spawn(
     parent = os.getpid()
     r, w = os.pipe2(os.O_CLOEXEC)
     flush_std()
-    pid = os.fork()
+    # A backend may make the child itself: the cgroup v2 backend has it born inside the
+    # agent's group (clone3, pmrun.cgroups._clone3), falling back to this fork.
+    fork = getattr(getattr(prepare, "__self__", None), "fork_child", os.fork)
+    pid = fork()
     if pid == 0:  # the child: only exec or _exit from here
         try:
             os.close(r)

@@ -5,6 +5,7 @@
 - :func:`create_group` makes ``<own group>/pmrun/<agent-id>@<launcher pid>.<start>``
   (v1: in the memory and freezer hierarchies); the :class:`AgentGroup` it returns is
   joined, read, limited, killed and removed through its methods.
+- :func:`fork_into` forks a child born inside a v2 group (clone3, CLONE_INTO_CGROUP).
 - :func:`cleanup_orphans` empties and removes groups whose launcher died.
 - :func:`system_memory` (what the coordinator's system threshold watches),
   :func:`container_memory`, :func:`container_memory_limit` and
@@ -18,6 +19,8 @@ docs/cgroups.md.
 
 from __future__ import annotations
 
+from ._clone3 import fork_into
+from ._clone3 import open_group as open_for_clone
 from ._container import (
     ContainerMemory,
     SystemMemory,
@@ -26,7 +29,15 @@ from ._container import (
     effective_total_memory,
     system_memory,
 )
-from ._group import AgentGroup, V1Group, V2Group, create_group, evacuate, open_group
+from ._group import (
+    AgentGroup,
+    V1Group,
+    V2Group,
+    create_group,
+    evacuate,
+    group_pressure,
+    open_group,
+)
 from ._layout import LAUNCHER_LEAF, PARENT, Layout, detect, locate
 from ._oom import KMSG, OomKill, OomLog
 from ._orphans import (
@@ -62,7 +73,10 @@ __all__ = [
     "effective_total_memory",
     "evacuate",
     "find_orphans",
+    "fork_into",
+    "open_for_clone",
     "group_name",
+    "group_pressure",
     "launcher_alive",
     "locate",
     "open_group",

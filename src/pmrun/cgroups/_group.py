@@ -15,7 +15,14 @@ import time
 
 from ..errors import CgroupError
 from ._layout import LAUNCHER_LEAF, Layout, read_text
-from ._parse import MemoryStat, memory_stat_v1, memory_stat_v2, parse_flat_keyed, parse_limit
+from ._parse import (
+    MemoryStat,
+    memory_stat_v1,
+    memory_stat_v2,
+    parse_flat_keyed,
+    parse_limit,
+    parse_pressure,
+)
 
 TYPE_CHECKING = False  # collections.abc is for annotations only: the launch path skips it
 if TYPE_CHECKING:
@@ -25,6 +32,9 @@ KILL_TIMEOUT_S = 10.0  # SIGKILLed processes still listed after this are stuck i
 FREEZE_TIMEOUT_S = 1.0  # a freeze not done by then (a task in D state) is killed unfrozen
 REMOVE_TIMEOUT_S = 2.0  # rmdir may say EBUSY for a moment after the last task exits
 _BUSY = (errno.EBUSY, errno.ENOTEMPTY)
+# At most this many memory.events wake-ups a second reach the launcher (20): near its
+# limit the launcher samples every 1 ms anyway, and memory.high slows a runaway there.
+EVENTS_MIN_INTERVAL_S = 0.05
 
 
 def write_file(path: str, text: str) -> None:
@@ -123,6 +133,11 @@ class AgentGroup:
         """Processes of the group the kernel's OOM killer has killed."""
         raise NotImplementedError
 
+    def memory_events(self) -> dict[str, int]:
+        """v2 ``memory.events``: how often the group met memory.high ("high"), memory.max
+        ("max"), the OOM killer ("oom") and lost a process to it ("oom_kill"); {} on v1."""
+        return {}
+
     def limit_bytes(self) -> int | None:
         """The group's hard limit as the kernel holds it (rounded to pages)."""
         raise NotImplementedError
@@ -193,6 +208,14 @@ class AgentGroup:
                 delay = min(delay * 2, 0.05)
         for d in self.dirs:
             remove_if_empty(os.path.dirname(d))
+
+
+def group_pressure(directory: str) -> dict[str, float] | None:
+    """A v2 group's memory PSI (``memory.pressure``): {"some"/"full": avg10 %}; None if none."""
+    try:
+        return parse_pressure(read_text(os.path.join(directory, "memory.pressure")))
+    except OSError:
+        return None
 
 
 def remove_if_empty(directory: str) -> bool:
@@ -317,7 +340,21 @@ class V2Group(AgentGroup):
             return None
 
     def oom_kills(self) -> int:
-        return parse_flat_keyed(read_text(self._file("memory.events"))).get("oom_kill", 0)
+        return self.memory_events().get("oom_kill", 0)
+
+    def memory_events(self) -> dict[str, int]:
+        return parse_flat_keyed(read_text(self._file("memory.events")))
+
+    def oom_group(self) -> bool:
+        """Whether a kernel OOM kill takes the whole group (``memory.oom.group``)."""
+        try:
+            return read_text(self._file("memory.oom.group")).strip() == "1"
+        except FileNotFoundError:  # before Linux 4.19
+            return False
+
+    def has_kill_file(self) -> bool:
+        """Whether ``cgroup.kill`` (Linux 5.14+) kills the group, forks included."""
+        return os.path.exists(self._file("cgroup.kill"))
 
     def limit_bytes(self) -> int | None:
         return parse_limit(read_text(self._file("memory.max")))
@@ -331,6 +368,52 @@ class V2Group(AgentGroup):
         ):
             if os.path.exists(self._file(name)):
                 write_file(self._file(name), value)
+
+    def events_eventfd(self) -> int | None:
+        """An eventfd written each time the kernel changes ``memory.events``; None if not.
+
+        The kernel marks the file for poll(2) (POLLPRI) whenever a counter moves: the
+        group went over memory.high or memory.max, or met the OOM killer. A daemon
+        thread waits on it and turns each change into one eventfd count, the same kind
+        of fd v1's threshold gives, so the launcher's relay reads both alike.
+        """
+        import _thread
+        import select
+
+        try:
+            events = os.open(self._file("memory.events"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            efd = os.eventfd(0, os.EFD_CLOEXEC)
+        except (AttributeError, OSError):
+            os.close(events)
+            return None
+
+        def watch() -> None:
+            poller = select.poll()
+            poller.register(events, select.POLLPRI)
+            try:
+                last = os.pread(events, 4096, 0)  # reading re-arms the notification
+                while True:
+                    for _fd, ev in poller.poll():
+                        if ev & select.POLLNVAL:
+                            return
+                    now = os.pread(events, 4096, 0)
+                    if now != last:
+                        last = now
+                        os.eventfd_write(efd, 1)
+                        # Coalesced: a group reading files at memory.high moves "high"
+                        # on every reclaim; a wake per change (thousands a second) made
+                        # the launcher sample in a loop. Changes meanwhile wake it next.
+                        time.sleep(EVENTS_MIN_INTERVAL_S)
+            except OSError:  # the group was removed, or the eventfd closed
+                return
+            finally:
+                os.close(events)
+
+        _thread.start_new_thread(watch, ())
+        return efd
 
     def _kill_listed(self) -> list[int]:
         kill_file = self._file("cgroup.kill")
@@ -375,7 +458,11 @@ def _mkdir(path: str, *, exist_ok: bool) -> None:
 
 
 def _fail_create(where: str, e: OSError) -> CgroupError:
-    return CgroupError(f"cannot create a cgroup under {where}: {e.strerror}")
+    hint = ""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        # The supported way for a user on a systemd host: a scope of their own, delegated.
+        hint = " (not delegated to this user: run `systemd-run --user --scope -p Delegate=yes pmrun ...`)"
+    return CgroupError(f"cannot create a cgroup under {where}: {e.strerror}{hint}")
 
 
 def _make_child(parent: str, name: str, prepare: Callable[[], None] | None = None) -> str:

@@ -146,6 +146,7 @@ def detect(proc: str = PROC, root: str = "") -> Layout:
             raise CgroupError(f"cgroup v2 at {layout.mount_point} has no memory controller")
         raise CgroupError(
             f"the memory controller is not delegated to {base}"
-            " (run pmrun in a unit with Delegate=yes)"
+            " (run pmrun in a unit with Delegate=yes:"
+            " `systemd-run --user --scope -p Delegate=yes pmrun ...`)"
         )
     return layout

@@ -141,6 +141,21 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
     return out
 
 
+def parse_pressure(text: str) -> dict[str, float]:
+    """A PSI file (``memory.pressure``, /proc/pressure/memory) as {"some"/"full": avg10 %}."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        for pair in rest.split():
+            key, _, value = pair.partition("=")
+            if key == "avg10":
+                try:
+                    out[kind] = float(value)
+                except ValueError:
+                    pass
+    return out
+
+
 def parse_limit(text: str) -> int | None:
     """A limit file (memory.max, memory.high, memory.limit_in_bytes) in bytes; None for no limit."""
     value = text.strip()

@@ -990,6 +990,13 @@ class Coordinator:
         servers = [server]
         if endpoint is not None:
             self._spawn(self._guard_endpoint(endpoint, servers))
+
+        from .psi import Watch  # a memory stall wakes the monitor at once (PSI triggers)
+
+        wake, loop = self._wake, self.loop
+        psi_watch = Watch(
+            lambda: loop.call_soon_threadsafe(wake.set), f"{self.settings.proc}/pressure/memory"
+        )
         if ready is not None:
             ready()
         try:
@@ -1001,6 +1008,7 @@ class Coordinator:
                 if c.transport is not None:
                     c.transport.close()
             monitor.cancel()
+            psi_watch.close()
             for t in list(self._tasks):
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -187,7 +187,7 @@ def agent_rows(status: Status, *, sort_by_rss: bool = False) -> list[tuple[str, 
                     _size(a.get("warn_bytes")),
                     _size(a.get("max_bytes")),
                     format_age(a.get("age_s")),
-                    str((a.get("backend") or {}).get("name", "?")),
+                    backend_cell(a.get("backend") or {}),
                     state,
                 ],
             )
@@ -198,6 +198,21 @@ def agent_rows(status: Status, *, sort_by_rss: bool = False) -> list[tuple[str, 
         rows.append(("agent", ["(no agent)", "", "", "", "", "", "", "", ""]))
         rows.extend(_service_rows(loose, now))
     return rows
+
+
+def backend_cell(backend: dict[str, Any]) -> str:
+    """The BACKEND column: a v2 group's memory PSI (some avg10, read here: status runs on
+    the agents' host); for sampling, whether a cgroup was refused (the reason is in --json)."""
+    name = str(backend.get("name", "?"))
+    if name == "cgroup-v2" and isinstance(backend.get("group"), str):
+        from ..cgroups import group_pressure
+
+        psi = group_pressure(backend["group"])
+        if psi and "some" in psi:
+            return f"{name} psi {psi['some']:.1f}%"
+    if name == "sampling" and str(backend.get("reason", "")).startswith("no cgroup"):
+        return "sampling (no cgroup)"
+    return name
 
 
 def _peak(agent: dict[str, Any]) -> Any:
