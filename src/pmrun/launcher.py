@@ -149,6 +149,7 @@ class Launcher:
         self._main_thread = _thread.get_ident()
         self._recorder: Any = None
         self._link: Any = None
+        self._early_events: list[tuple[str, dict[str, Any]]] = []  # before the link existed
         self._pid_known = _thread.allocate_lock()  # released once the command runs
         self._pid_known.acquire()
         self._link_ready = _thread.allocate_lock()  # released when the link thread is done
@@ -338,8 +339,21 @@ class Launcher:
             link = AgentLink(socket_path, info, self._on_stop_order)
             link.start()
             self._link = link
+            self._flush_early_events()
         finally:
             self._link_ready.release()
+
+    def _flush_early_events(self) -> None:
+        """Hand the link the events that came before it existed (a stop in the first
+        milliseconds of a fast runaway): the coordinator's log must have them too."""
+        early = self._early_events
+        while True:
+            try:
+                kind, fields = early.pop(0)  # atomic: each event goes out once
+            except IndexError:
+                return
+            if self._link is not None:
+                self._link.event(kind, **fields)
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self._recorder is not None:
@@ -347,6 +361,12 @@ class Launcher:
             self._check_recorder()
         if self._link is not None:
             self._link.event(kind, **fields)
+        elif self._socket_path:
+            # The link thread may set the link between the check and the append: flush
+            # once more here, so an event is never left behind.
+            self._early_events.append((kind, fields))
+            if self._link is not None:
+                self._flush_early_events()
 
     # -- the run ------------------------------------------------------------------
 

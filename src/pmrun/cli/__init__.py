@@ -43,7 +43,8 @@ def _is_launch(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if _is_launch(args) or args[:1] == ["run"] or not args:
+    completing = COMPLETE_VAR in os.environ
+    if _is_launch(args) or (not completing and (args[:1] == ["run"] or not args)):
         # `pmrun` and `pmrun run` alone are a launch without a command: pmrun's error, 125.
         from .run import launch_main
 
