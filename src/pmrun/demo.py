@@ -131,6 +131,20 @@ def step(n: int, title: str) -> None:
     say(f"== {n}. {title}")
 
 
+def _coordinators_with_token(token: str) -> list[int]:
+    """The demo's coordinator daemons (``pmrun coordinator`` carrying ``token``)."""
+    found = []
+    for pid in _pids_with_token(token):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"pmrun" in argv and b"coordinator" in argv:
+            found.append(pid)
+    return found
+
+
 def _pids_with_token(token: str) -> list[int]:
     """Live processes whose environment carries ``token`` (the demo's own excluded)."""
     needle = f"{TOKEN_VAR}={token}".encode()
@@ -565,9 +579,12 @@ class Demo:
             if a.proc.stdin is not None:
                 a.proc.stdin.close()
         pid = self.coordinator_pid or self._coordinator_pid()
-        if pid is not None:
+        # Every coordinator the launchers started on demand: the one serving, and one that
+        # may still be waiting for the lock (launchers starting at the same instant), which
+        # would take over the moment the first one stops.
+        for daemon in {*([pid] if pid else []), *_coordinators_with_token(self.token)}:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(daemon, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         self.tail.close()
