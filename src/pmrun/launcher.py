@@ -17,6 +17,7 @@ import time
 
 from . import _procfs, policy
 from ._keeper import COMMAND_ENDED, Keeper
+from ._pause import PauseControl
 from .backends import Backend, Sample, select
 from .errors import ExitCode, PmrunError, UsageError
 from .report import ExitReport, Limits, TopProcess, write_report
@@ -37,6 +38,8 @@ FORWARDED = (
     signal.SIGWINCH,
     signal.SIGALRM,
 )
+# Signals asking the command to end: a paused tree is resumed so that it can.
+_ENDING = frozenset((signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT))
 # The coordinator link thread wakes the main thread with this (never forwarded).
 WAKE = signal.SIGRTMIN + 3
 WAITED = frozenset((*FORWARDED, signal.SIGCHLD, WAKE, COMMAND_ENDED))
@@ -59,6 +62,8 @@ class LaunchSettings:
         "record_path",
         "trace_heap",
         "quiet",
+        "pause",
+        "admission",
     )
 
     def __init__(
@@ -73,6 +78,8 @@ class LaunchSettings:
         record_path: str | None = None,  # --record FILE
         trace_heap: bool = False,  # set PMRUN_TRACEMALLOC=1 for Python services in the agent
         quiet: bool = False,  # no warning line on stderr (the report still records it)
+        pause: bool = True,  # the coordinator may pause this agent instead of stopping it
+        admission: Any = None,  # pmrun._admit.AdmitSettings: wait before start; None = don't
     ) -> None:
         self.limits = limits
         self.name = name
@@ -84,6 +91,8 @@ class LaunchSettings:
         self.record_path = record_path
         self.trace_heap = trace_heap
         self.quiet = quiet
+        self.pause = pause
+        self.admission = admission
 
 
 def agent_name(argv: list[str]) -> str:
@@ -133,6 +142,8 @@ class Launcher:
         self._link_ready = _thread.allocate_lock()  # released when the link thread is done
         self._link_ready.acquire()
         self._start_times: dict[int, int] = {}  # pid -> start time, for the coordinator
+        # pause before kill (pmrun._pause): orders from the link thread, applied here
+        self._pausectl = PauseControl(lambda: signal.pthread_kill(self._main_thread, WAKE))
 
     # -- the parts --------------------------------------------------------------
 
@@ -195,6 +206,8 @@ class Launcher:
         info = signal.sigtimedwait(WAITED, timeout_s)
         while info is not None:
             sig = info.si_signo
+            if sig in _ENDING:
+                self._pausectl.release("signal")  # a frozen tree could not act on it
             if sig == signal.SIGCHLD:
                 self._reap()
             elif sig in FORWARDED and info.si_code < _SI_KERNEL_MIN and info.si_pid != os.getpid():
@@ -250,8 +263,9 @@ class Launcher:
                 "priority": self.settings.priority,
                 "backend": backend,
                 "started": time.time(),
+                "pausable": self.settings.pause,
             }
-            link = AgentLink(socket_path, info, self._on_stop_order)
+            link = AgentLink(socket_path, info, self._on_stop_order, on_pause=self._pausectl.order)
             link.start()
             self._link = link
         finally:
@@ -268,6 +282,16 @@ class Launcher:
     def run(self) -> int:
         lim = self.limits
         socket_path = self._coordinator_socket()
+        if socket_path and self.settings.admission is not None:  # wait before start
+            from ._admit import wait_turn
+
+            code = wait_turn(
+                socket_path, agent_id=self.agent_id, name=self.settings.name,
+                priority=self.settings.priority, warn_rss=lim.warn_rss, max_rss=lim.max_rss,
+                settings=self.settings.admission, say=self._say,
+            )  # fmt: skip
+            if code is not None:
+                return code
         backend = select(
             self.settings.backend,
             agent_id=self.agent_id,
@@ -311,6 +335,9 @@ class Launcher:
         self._pid_known.release()
         backend.keeper_pid = self._keeper.pid
         backend.started(self._pid)
+        self._pausectl.bind(
+            backend, self._say, self._event, f"{self.settings.name} (pid {self._pid})"
+        )
         if type(backend).wakeup_fd is not Backend.wakeup_fd:
             _thread.start_new_thread(self._relay_wakeups, (backend,))
         if self.settings.record_path:
@@ -405,6 +432,7 @@ class Launcher:
                 reason = "kernel-oom"
                 stop = {"rss": s.rss_bytes, "oom_kills": _oom_detail(backend)}
                 break
+            self._pausectl.apply()  # pause/resume ordered by the coordinator
             interval = policy.next_interval_s(s.rss_bytes, lim.max_rss, growth)
             if lim.max_as is not None and s.processes:
                 # Watch the address space near --max-as too, so that a failure there
@@ -412,6 +440,7 @@ class Launcher:
                 vsz = max(p.vsz_bytes for p in s.processes)
                 interval = min(interval, policy.next_interval_s(vsz, lim.max_as))
             self._wait(interval)
+        self._pausectl.release("stopping" if reason != "exit" else "exited")  # never stop frozen
         if reason != "exit":
             self._event("stop", reason=reason, **(stop or {}))
             self._stop_tree(backend, watch)
@@ -468,6 +497,7 @@ class Launcher:
                 # cgroup: the raw usage (page cache included) when the counted peak was
                 # seen, beside the anonymous+shmem+swap figure the limits apply to.
                 "kernel_usage_at_peak_bytes": usage_at_peak,
+                **self._pausectl.summary(),
             },
         )
         return report
@@ -498,7 +528,7 @@ class Launcher:
             if len(known) > 4 * len(pids) + 64:
                 live = {p for p, _ in pids}
                 self._start_times = {p: t for p, t in known.items() if p in live}
-            self._link.report(s.rss_bytes, peak, pids)
+            self._link.report(s.rss_bytes, peak, pids, state=self._pausectl.state)
 
     def _stop_tree(self, backend: Backend, watch: policy.LimitWatch) -> None:
         """SIGTERM the whole tree, wait up to the grace, then SIGKILL whatever is left."""

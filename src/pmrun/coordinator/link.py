@@ -123,10 +123,16 @@ class AgentLink:
         min_interval_s: float = 0.02,
         backoff_s: tuple[float, float] = (0.1, 2.0),
         send_timeout_s: float = 2.0,
+        on_pause: Callable[[bool, dict[str, Any]], None] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.info = dict(info)
         self.on_stop = on_stop
+        # on_pause(True, detail) on a pause order, (False, detail) on a resume, and
+        # (False, {"why": ...}) when the connection drops while paused: a coordinator
+        # that goes away must never leave the agent frozen.
+        self.on_pause = on_pause
+        self._paused = False
         self.heartbeat_s = heartbeat_s
         self.min_interval_s = min_interval_s
         self.backoff_s = backoff_s
@@ -257,6 +263,7 @@ class AgentLink:
                     self._sock = None
                     self._sent_rss = None
                     sock.close()
+                    self._pause_order(False, {"why": "coordinator connection lost"})
                 # A connection that lasted (a coordinator that went away) is retried at
                 # once; one refused or dropped at once backs off like a failed connect.
                 if time.monotonic() - connected_at > 1.0:
@@ -294,6 +301,8 @@ class AgentLink:
                 peak=peak,
                 pids=[list(x) for x in pids[: p.MAX_PIDS]],
                 state=state,
+                pausable=self.on_pause is not None and bool(i.get("pausable", True)),
+                expect=i.get("expect"),
             )
         )
 
@@ -350,10 +359,23 @@ class AgentLink:
                 self.on_stop(msg.reason, msg.detail)
             except Exception:
                 log.exception("on_stop failed")
+        elif isinstance(msg, p.Pause):
+            self._pause_order(True, {"reason": msg.reason, **msg.detail})
+        elif isinstance(msg, p.Resume):
+            self._pause_order(False, {"why": "headroom", **msg.detail})
         elif isinstance(msg, p.Error):
             log.debug("coordinator: %s: %s", msg.code, msg.message)
             if msg.code == "forbidden":
                 raise SocketSecurityError(msg.message)
+
+    def _pause_order(self, pause: bool, detail: dict[str, Any]) -> None:
+        if self.on_pause is None or pause == self._paused:
+            return
+        self._paused = pause
+        try:
+            self.on_pause(pause, detail)
+        except Exception:
+            log.exception("on_pause failed")
 
     def _send_deregister_here(self, timeout_s: float, buf: p.FrameBuffer | None = None) -> None:
         """Send the deregister frame and wait for its ``ok`` (from the link thread)."""
