@@ -36,6 +36,7 @@ EXAMPLES: list[p.Message] = [
     p.Stop(reason="pool", detail={"needed_bytes": 5}),
     p.Pause(reason="pool", detail={"needed_bytes": 5, "max_pause_s": 120.0}),
     p.Resume(detail={"paused_s": 12.5, "why": "headroom"}),
+    p.Shutdown(id=4),
     p.Admit(id=3, agent_id="a1", name="claude", priority=0, expect=900 << 20),
     p.Admission(
         id=3,

@@ -509,6 +509,17 @@ class HeapResult(Message):
     results: list[dict[str, Any]]
 
 
+class Shutdown(Message):
+    """Client -> coordinator: exit cleanly (``pmrun coordinator stop``). Answered by ``ok``.
+
+    Launchers keep enforcing their agents' own limits, resume any paused agent and
+    reconnect when a coordinator serves the socket again.
+    """
+
+    TYPE = "shutdown"
+    id: int | None = None
+
+
 class Ok(Message):
     """Coordinator -> client: the request ``of`` was accepted."""
 
@@ -533,7 +544,7 @@ MESSAGES: dict[str, type[Message]] = {
     for cls in (
         Ping, Pong, Register, Report, Event, Deregister, Stop, Service, ServiceClose, Stats,
         GetStats, Evict, Evicted, Cleanup, CleanupResult, Status, StatusResult, Heap,
-        HeapResult, Ok, Error, Pause, Resume, Admit, Admission,
+        HeapResult, Ok, Error, Pause, Resume, Admit, Admission, Shutdown,
     )
 }  # fmt: skip
 

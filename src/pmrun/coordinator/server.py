@@ -37,7 +37,7 @@ from typing import Any
 from .. import _procfs
 from ..errors import SocketSecurityError
 from ..events import EventLog
-from . import paths, policy
+from . import lifecycle, paths, policy
 from . import protocol as p
 from .admission import Admission
 from .policy import Level
@@ -91,6 +91,7 @@ class CoordinatorSettings:
     metrics_host: str = "127.0.0.1"  # this host only by default: the labels name agents
     hysteresis: policy.Hysteresis = field(default_factory=policy.Hysteresis)
     pause: policy.PauseSettings = field(default_factory=policy.PauseSettings)  # pause before kill
+    idle_exit_s: float | None = None  # --idle-exit: exit after this long with no agent
     proc: str = _procfs.PROC
     cgroup_root: str = "/sys/fs/cgroup"
 
@@ -113,6 +114,7 @@ class CoordinatorSettings:
             "cooldown_s": config["coordinator.cooldown"],
             "settle_s": config["coordinator.settle"],
             "metrics_port": config["coordinator.metrics-port"] or None,
+            "idle_exit_s": lifecycle.idle_exit_s(config),
             "pause": policy.PauseSettings(
                 enabled=config["coordinator.pause"], max_pause_s=config["coordinator.max-pause"]
             ),
@@ -266,6 +268,7 @@ class Coordinator:
         self.pool = Pool()
         self.suspend = Suspender(self, settings.pause)  # pause before kill
         self.admission = Admission(self)  # wait before start
+        self.lifecycle = lifecycle.Lifecycle(self, settings.idle_exit_s)  # stop, idle exit
         self.conns: dict[int, _Conn] = {}
         self.state = policy.PressureState()
         self.readings: policy.Readings | None = None
@@ -899,6 +902,7 @@ class Coordinator:
             try:
                 await self.step()
                 await self._sweep_cgroups()
+                self.lifecycle.tick()
             except Exception:  # the monitor must never die
                 log.exception("monitor step failed")
 
@@ -1054,6 +1058,7 @@ _HANDLERS: dict[type, Callable[[Coordinator, _Conn, Any], None]] = {
     p.Heap: Coordinator._on_heap,
     p.Error: Coordinator._on_error,
     p.Admit: lambda coord, conn, msg: coord.admission.request(conn, msg),
+    p.Shutdown: lambda coord, conn, msg: coord.lifecycle.on_shutdown(conn, msg),
 }
 
 
