@@ -245,3 +245,18 @@ def test_coordinator_killed_while_paused_leaves_the_agent_running(procs, sockdir
     assert any("coordinator connection lost" in x for x in b.err), b.err
     hold.touch()
     assert a.finish()["exit_status"] == 0
+
+
+def test_a_paused_agent_asked_to_end_is_resumed_so_that_it_can(procs, sockdir):  # noqa: F811
+    d = daemon(procs, sockdir)
+    hold = sockdir / "release-a"
+    a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
+    wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
+    b = Agent(procs, d.socket, "b", 200, 0.05, tmp=sockdir)
+    wait_until(lambda: frozen(d, "b", "sampling"), 20, "b's tree frozen")
+    b.proc.terminate()  # forwarded to the command, which a stopped tree could not act on
+    rb = b.finish()
+    assert rb["reason"] == "signal" and rb["signal"] == 15
+    assert any("resumed b" in x and "(signal)" in x for x in b.err), b.err
+    hold.touch()
+    assert a.finish()["exit_status"] == 0

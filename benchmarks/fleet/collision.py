@@ -9,6 +9,7 @@ needs to die: the work just must not all run at once. The same plan runs once pe
 - ``percg``: each in its own memory cgroup (hard limit 1.25 x its peak), nothing else;
 - ``pmrun-stop``: every agent through ``pmrun --no-wait`` and a coordinator with
   ``--no-pause`` (pmrun before pause and admission: it stops the largest);
+- ``pmrun-pause``: as ``pmrun`` below but ``--no-wait``: pausing alone;
 - ``pmrun``: every agent through ``pmrun --expect PEAK`` and a coordinator with pausing
   (wait before start, pause before kill);
 - ``parallel``: GNU parallel ``--memfree``/``--memsuspend`` running the same commands;
@@ -50,11 +51,13 @@ from run import KernelLog, Sampler, _pmrun, _python, ensure_tool, parse_size  # 
 RESULTS = REPO / "benchmarks" / "results"
 MIB = 1 << 20
 GIB = 1 << 30
-ARMS = ("bare", "percg", "pmrun-stop", "pmrun", "parallel", "earlyoom")
+ARMS = ("bare", "percg", "pmrun-stop", "pmrun-pause", "pmrun", "parallel", "earlyoom")
+PMRUN_ARMS = ("pmrun-stop", "pmrun-pause", "pmrun")
 TITLES = {
     "bare": "bare",
     "percg": "per-agent kernel limit",
     "pmrun-stop": "pmrun, no pause/wait (before)",
+    "pmrun-pause": "pmrun pause only (--no-wait)",
     "pmrun": "pmrun wait-and-pause",
     "parallel": "GNU parallel --memfree/--memsuspend",
     "earlyoom": "earlyoom",
@@ -105,10 +108,11 @@ def ideal_makespan(plan: list[Spec], capacity: int, solo_s: dict[str, float]) ->
     for s in plan:
         t = max(t, s.start_s)
         peak = s.peak_mib * MIB
+        running = [(e, p) for e, p in running if e > t]
         while running and sum(p for _, p in running) + peak > capacity:
             running.sort()
             t = max(t, running.pop(0)[0])
-        running = [(e, p) for e, p in running if e > t]
+            running = [(e, p) for e, p in running if e > t]
         end = t + solo_s[s.name]
         running.append((end, peak))
         end_all = max(end_all, end)
@@ -132,12 +136,12 @@ def session_main(a: argparse.Namespace) -> int:
             group = os.path.join(a.machine_cgroup, f"agent-{s.name}")
             simcg.make_group(group, a.cgroup_version, int(s.peak_mib * MIB * 1.25))
             preexec = lambda: simcg.join(group)  # noqa: E731
-        elif a.arm in ("pmrun", "pmrun-stop"):
+        elif a.arm in PMRUN_ARMS:
             report = os.path.join(a.dir, f"{s.name}.report.json")
             pm = [a.pmrun, "--socket", a.socket, "--name", s.name, "--backend", "cgroup",
                   "--max-rss", str(int(s.peak_mib * MIB * 1.25)), "--grace", "2",
                   "--report", report, "--quiet"]  # fmt: skip
-            pm += ["--no-wait"] if a.arm == "pmrun-stop" else ["--expect", f"{s.peak_mib}M"]
+            pm += ["--expect", f"{s.peak_mib}M"] if a.arm == "pmrun" else ["--no-wait"]
             argv = [*pm, "--", *argv]
         started = time.monotonic()
         with open(os.path.join(a.dir, f"{s.name}.log"), "wb") as log:
@@ -282,8 +286,8 @@ def run_arm(name: str, plan: list[Spec], plan_path: str, work: str, machine_byte
     try:
         klog.start()
         sampler.start()
-        if name in ("pmrun", "pmrun-stop"):
-            coord, sock = start_coordinator(machine, run_dir, name == "pmrun", machine_bytes)
+        if name in PMRUN_ARMS:
+            coord, sock = start_coordinator(machine, run_dir, name != "pmrun-stop", machine_bytes)
         avail = host_available()
         # parallel and earlyoom read the host's MemAvailable, not the machine's: their
         # thresholds are placed where the host's would be at the machine's figure.
@@ -308,7 +312,7 @@ def run_arm(name: str, plan: list[Spec], plan_path: str, work: str, machine_byte
         t0_wall = time.time()
         subprocess.run(argv, stdin=subprocess.DEVNULL, preexec_fn=machine.preexec, timeout=900)
         arm.t_end = time.monotonic()
-        if name == "pmrun":
+        if name in PMRUN_ARMS:
             arm.paused = paused_intervals(os.path.join(run_dir, "events.jsonl"), t0_wall, arm.t0)
     finally:
         time.sleep(0.3)
@@ -326,6 +330,21 @@ def run_arm(name: str, plan: list[Spec], plan_path: str, work: str, machine_byte
     except (OSError, ValueError):
         arm.notes.append("the session wrote no result")
     return arm
+
+
+def solo_times(plan: list[Spec], work: str, machine_bytes: int) -> dict[str, float]:
+    """Each agent's duration alone in the machine (start to exit), one after another."""
+    machine = simcg.SimMachine(machine_bytes, name=f"collision-{os.getpid()}-solo")
+    out: dict[str, float] = {}
+    try:
+        for s in plan:
+            t = time.monotonic()
+            subprocess.run(s.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           preexec_fn=machine.preexec, check=True, timeout=300)  # fmt: skip
+            out[s.name] = time.monotonic() - t
+    finally:
+        machine.close()
+    return out
 
 
 def summarize(arm: Arm, plan: list[Spec], ideal_s: float) -> dict[str, Any]:
@@ -408,17 +427,15 @@ def main() -> int:
     for name in a.arms.split(","):
         print(f"arm {name} ...", flush=True)
         arms.append(run_arm(name, plan, plan_path, work, a.machine))
-    # Solo times: each agent's own duration in the bare arm when it finished, else its plan.
-    bare = next((x for x in arms if x.name == "bare"), None)
-    solo = {s.name: s.ramp_s + s.hold_s for s in plan}
-    for rec in bare.agents if bare else []:
-        if rec.get("exit") == 0:
-            solo[rec["name"]] = rec["end"] - rec["start"]
+    print("solo runs (for the ideal) ...", flush=True)
+    solo = solo_times(plan, work, a.machine)
     ideal = ideal_makespan(plan, a.machine, solo)
+    serial = sum(solo.values())
     rows = [summarize(x, plan, ideal) for x in arms]
     cols = ("finished", "killed", "kernel_oom_kills", "makespan_s", "makespan_vs_ideal",
             "peak_mib", "avg_mib", "pauses", "paused_s")  # fmt: skip
-    print(f"\nideal makespan {ideal:.1f} s (FIFO, each started once its peak fits the machine)")
+    print(f"\nideal makespan {ideal:.1f} s (FIFO in plan order, each started once its peak fits"
+          f" the machine, taking its solo time); all one after another: {serial:.1f} s")  # fmt: skip
     print(f"{'arm':38}" + "".join(f"{c:>18}" for c in cols))
     for r in rows:
         if "skipped" in r:
@@ -433,6 +450,8 @@ def main() -> int:
         "seed": a.seed,
         "plan": [asdict(s) for s in plan],
         "ideal_makespan_s": ideal,
+        "serial_makespan_s": serial,
+        "solo_s": solo,
         "rows": rows,
         "arms": [{**asdict(x), "samples": x.samples[::5]} for x in arms],
         "work_dir": work,
