@@ -163,7 +163,7 @@ def session_main(a: argparse.Namespace) -> int:
         cmds = "\n".join(shlex.join(s.argv()) for s in plan) + "\n"
         p = subprocess.run(
             ["parallel", "--joblog", joblog, "-j", str(len(plan)), "--delay", str(STAGGER_S),
-             "--memfree", a.memfree, "--memsuspend", a.memsuspend],
+             "--memfree", a.memfree, "--memsuspend", a.memsuspend, "--retries", "5"],
             input=cmds.encode(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         records = parallel_records(joblog, plan, t0)
@@ -223,12 +223,54 @@ class Arm:
     skipped: str | None = None
 
 
-def host_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+class MachineMeminfo(threading.Thread):
+    """A ``/proc/meminfo`` for the simulated machine, rewritten every 50 ms.
+
+    GNU parallel and earlyoom read only ``/proc/meminfo``, the host's inside a cgroup. Their
+    arms run in a mount namespace where this file is bind-mounted over it (what LXCFS does
+    for containers), so they see the machine: MemTotal its size, MemAvailable its size minus
+    its anonymous memory, no swap. Fixed-width numbers and one pwrite keep every read whole.
+    """
+
+    FIELDS = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapTotal",
+              "SwapFree")  # fmt: skip
+
+    def __init__(self, machine: simcg.SimMachine, path: str) -> None:
+        super().__init__(daemon=True)
+        self.machine, self.path = machine, path
+        self.stop_event = threading.Event()
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.write()
+
+    def write(self) -> None:
+        total = self.machine.limit_bytes
+        try:
+            anon = self.machine.reading().anon_bytes
+        except OSError:
+            anon = 0
+        free = max(0, total - anon)
+        values = (total, free, free, 0, 0, 0, 0)
+        text = "".join(
+            f"{k + ':':<16}{v // 1024:>12} kB\n" for k, v in zip(self.FIELDS, values, strict=True)
+        )
+        os.pwrite(self.fd, text.encode(), 0)
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.05):
+            self.write()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5)
+        os.close(self.fd)
+
+
+def with_meminfo(path: str, argv: list[str], pid_ns: bool) -> list[str]:
+    """``argv`` in a mount namespace (and a PID namespace for earlyoom) seeing ``path``
+    as /proc/meminfo."""
+    ns = ["unshare", "--pid", "--fork", "--mount-proc"] if pid_ns else ["unshare", "--mount"]
+    inner = f"mount --bind {shlex.quote(path)} /proc/meminfo && exec {shlex.join(argv)}"
+    return [*ns, "sh", "-c", inner]
 
 
 def start_coordinator(machine: simcg.SimMachine, run_dir: str, pause: bool,
@@ -281,6 +323,7 @@ def run_arm(name: str, plan: list[Spec], plan_path: str, work: str, machine_byte
     klog = KernelLog(machine.kernel_name)
     sampler = Sampler(machine)
     coord = None
+    meminfo: MachineMeminfo | None = None
     sock = ""
     out = os.path.join(run_dir, "session.json")
     try:
@@ -288,26 +331,26 @@ def run_arm(name: str, plan: list[Spec], plan_path: str, work: str, machine_byte
         sampler.start()
         if name in PMRUN_ARMS:
             coord, sock = start_coordinator(machine, run_dir, name != "pmrun-stop", machine_bytes)
-        avail = host_available()
-        # parallel and earlyoom read the host's MemAvailable, not the machine's: their
-        # thresholds are placed where the host's would be at the machine's figure.
-        memfree = max(1, avail - machine_bytes + int(machine_bytes * 0.25))
-        memsuspend = max(1, avail - machine_bytes + int(machine_bytes * 0.15))
+        # parallel and earlyoom see the machine through its own /proc/meminfo.
+        memfree = int(machine_bytes * 0.25)  # no start below; the youngest killed below half
+        memsuspend = int(machine_bytes * 0.10)  # suspend below twice; one job below it
+        if name in ("parallel", "earlyoom"):
+            meminfo = MachineMeminfo(machine, os.path.join(run_dir, "meminfo"))
+            meminfo.start()
         argv = [_python(), str(Path(__file__)), "--session", "--arm", name, "--plan", plan_path,
                 "--out", out, "--dir", run_dir, "--machine-cgroup", machine.path,
                 "--cgroup-version", machine.version, "--pmrun", _pmrun(), "--socket", sock,
                 "--memfree", str(memfree), "--memsuspend", str(memsuspend)]  # fmt: skip
-        if name == "earlyoom":
-            term = max(1, (avail - int(machine_bytes * 0.90)) // 1024)
-            kill = max(1, (avail - int(machine_bytes * 0.95)) // 1024)
+        if name == "earlyoom" and meminfo is not None:
             status = os.path.join(run_dir, "orchestrator.status")
-            argv = ["unshare", "--pid", "--fork", "--mount-proc", _python(),
-                    str(HERE / "eo_shim.py"), status, os.path.join(run_dir, "earlyoom.log"),
-                    "-M", f"{term},{kill}", "-r", "0", "--", *argv]  # fmt: skip
-            arm.notes.append(f"earlyoom -M {term},{kill} KiB (host MemAvailable {avail >> 20} MiB)")
-        if name == "parallel":
+            eo = [_python(), str(HERE / "eo_shim.py"), status,
+                  os.path.join(run_dir, "earlyoom.log"), "-m", "10,5", "-r", "0", "--", *argv]  # fmt: skip
+            argv = with_meminfo(meminfo.path, eo, pid_ns=True)
+            arm.notes.append("earlyoom -m 10,5 (its defaults) on the machine's /proc/meminfo")
+        if name == "parallel" and meminfo is not None:
+            argv = with_meminfo(meminfo.path, argv, pid_ns=False)
             arm.notes.append(f"--memfree {memfree >> 20}M --memsuspend {memsuspend >> 20}M "
-                             f"(host MemAvailable {avail >> 20} MiB)")  # fmt: skip
+                             "on the machine's /proc/meminfo")  # fmt: skip
         arm.t0 = time.monotonic()
         t0_wall = time.time()
         subprocess.run(argv, stdin=subprocess.DEVNULL, preexec_fn=machine.preexec, timeout=900)
@@ -318,6 +361,8 @@ def run_arm(name: str, plan: list[Spec], plan_path: str, work: str, machine_byte
         time.sleep(0.3)
         sampler.stop()
         klog.stop()
+        if meminfo is not None:
+            meminfo.stop()
         if coord is not None:
             coord.terminate()
             coord.wait(10)
@@ -350,10 +395,9 @@ def solo_times(plan: list[Spec], work: str, machine_bytes: int) -> dict[str, flo
 def summarize(arm: Arm, plan: list[Spec], ideal_s: float) -> dict[str, Any]:
     if arm.skipped:
         return {"arm": arm.name, "skipped": arm.skipped}
-    finished = sum(1 for a in arm.agents if a.get("exit") == 0 and not a.get("killed"))
-    killed = sum(1 for a in arm.agents if a.get("exit") != 0) + sum(
-        a.get("killed", 0) for a in arm.agents if a.get("exit") == 0
-    )
+    finished = sum(1 for a in arm.agents if a.get("exit") == 0)
+    # Every kill is an interruption, also one GNU parallel ran again afterwards.
+    killed = sum(a.get("killed", int(a.get("exit") != 0)) for a in arm.agents)
     ends = [a["end"] for a in arm.agents if "end" in a]
     makespan = max(ends) if ends else None
     usage = [u for _, u, _, _ in arm.samples]
@@ -364,7 +408,9 @@ def summarize(arm: Arm, plan: list[Spec], ideal_s: float) -> dict[str, Any]:
         "finished": finished,
         "agents": len(plan),
         "killed": killed,
-        "kernel_oom_kills": arm.oom_kills,
+        # v1 counts a kill in the victim's own group: pmrun's agent groups may sit outside
+        # the machine's subtree, so the kernel log (kills of tasks of the machine) counts too.
+        "kernel_oom_kills": max(arm.oom_kills, len(arm.kernel_kills)),
         "makespan_s": round(makespan, 2) if makespan else None,
         "makespan_vs_ideal": round(makespan / ideal_s, 2) if makespan else None,
         "peak_mib": max(usage) // MIB if usage else None,

@@ -776,8 +776,11 @@ class Coordinator:
                 level = self.state.level
                 fraction = policy.eviction_fraction(level, self.settings.evict_fraction)
                 reason = ",".join(self.state.crossed())
-                await self.broadcast(fraction, level.label, reason, detected_at=detected)
-                r = await self.read(fresh_pss=True)
+                outcome = await self.broadcast(
+                    fraction, level.label, reason, detected_at=detected
+                )
+                if outcome["answered"] or outcome["no_answer"]:  # else nothing could have freed
+                    r = await self.read(fresh_pss=True)
                 before = self.state
                 self.state = policy.assess(r, before, self.settings.hysteresis)
                 if self.state.level != before.level:  # the services' answers relieved it
@@ -825,9 +828,11 @@ class Coordinator:
         first = policy.bytes_to_free(r, self._pending_bytes())
         if first is None:
             return
-        if not may:  # pausing is not held back by the cooldown after a stop
-            if not s.dry_run:
-                self.suspend.pause_for(first, r, now)
+        # Pause at once, on the figures eviction was just judged on: a pause is cheap and
+        # undone by a resume, so it does not wait for the fresh measure a stop waits for.
+        if not s.dry_run and self.suspend.pause_for(first, r, now):
+            return
+        if not may:  # the cooldown after a stop holds back stopping, not pausing
             return
         if self._last_critical_evict is None or now - self._last_critical_evict >= s.cooldown_s:
             reason = ",".join(self.state.crossed()) or "pool"

@@ -131,6 +131,7 @@ class Suspender:
         chosen = policy.choose_pauses(view, need.bytes, self.settings)
         if not chosen:
             return False
+        paused_any = False
         figures = dict(policy.summarize(r))
         for c in chosen:
             agent = self.coord.pool.agents.get(c.agent_id)
@@ -148,6 +149,8 @@ class Suspender:
                 "system_threshold_bytes": r.system_threshold_bytes,
             }
             delivered = self._send(agent, p.Pause(reason=need.reason, detail=detail))
+            if not delivered:  # no connection to its launcher: nobody could pause it
+                continue
             t = self._track(c.agent_id)
             t.paused_at, t.paused_wall, t.paused_bytes = now, self.coord.wall(), c.bytes
             t.pauses += 1
@@ -160,7 +163,8 @@ class Suspender:
                 figures=figures,
             )  # fmt: skip
             log.warning("pausing %s (%s): %d bytes over", agent.name, need.reason, need.bytes)
-        return True
+            paused_any = True
+        return paused_any
 
     def resume_step(self, r: policy.Readings, now: float) -> None:
         """Resume one paused agent if headroom is back (see :func:`~.policy.choose_resume`)."""
