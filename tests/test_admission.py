@@ -176,3 +176,21 @@ def test_the_expected_size_is_learned_from_the_last_run(procs, sockdir):  # noqa
     assert row["expect_source"] == "learned" and row["expect_bytes"] == peak
     hold2.touch()
     assert blocker.proc.wait(20) == 0 and second.proc.wait(20) == 0
+
+
+def test_status_rows_show_paused_and_waiting_agents():
+    from pmrun.diagnostics.status import agent_rows
+
+    status = {
+        "ts": 100.0,
+        "agents": [
+            {"name": "a", "pid": 1, "state": "paused", "paused_s": 12.0, "rss_bytes": 10},
+            {"name": "b", "pid": 2, "state": "running", "paused_s": None, "rss_bytes": 10},
+        ],
+        "waiting": [
+            {"name": "c", "pid": 3, "expect_bytes": 900 * MIB, "waiting_s": 3.0, "ahead": 1}
+        ],  # fmt: skip
+    }
+    states = {cells[0]: cells[-1] for _, cells in agent_rows(status)}
+    assert states["a"] == "paused 12s" and states["b"] == "running"
+    assert states["c"] == "waiting 3s, 1 ahead"

@@ -776,9 +776,7 @@ class Coordinator:
                 level = self.state.level
                 fraction = policy.eviction_fraction(level, self.settings.evict_fraction)
                 reason = ",".join(self.state.crossed())
-                outcome = await self.broadcast(
-                    fraction, level.label, reason, detected_at=detected
-                )
+                outcome = await self.broadcast(fraction, level.label, reason, detected_at=detected)
                 if outcome["answered"] or outcome["no_answer"]:  # else nothing could have freed
                     r = await self.read(fresh_pss=True)
                 before = self.state

@@ -210,7 +210,7 @@ class Suspender:
                 d.setdefault("paused_s", None)
                 continue
             d["paused_s"] = None if t.paused_at is None else round(now - t.paused_at, 3)
-            if t.paused_at is not None:
+            if t.paused_at is not None and d.get("state") != "stopping":
                 d["state"] = "paused"
             d["pausable"] = t.pausable
             d["pauses"] = t.pauses
