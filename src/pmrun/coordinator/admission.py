@@ -31,6 +31,15 @@ PEAKS_KEPT = 5  # recent peaks remembered per name
 LOG_TAIL_BYTES = 1 << 20  # how much of the event log is read back for learned sizes
 
 
+def report_peak(report: Any) -> int:
+    """An exit report's peak: the sampled tree peak, or the kernel's peak of the command
+    (``ru_maxrss``) when larger: a short agent can reach its peak between two samples."""
+    if not isinstance(report, dict):
+        return 0
+    peaks = [report.get("peak_rss_bytes"), report.get("ru_maxrss_bytes")]
+    return max((v for v in peaks if isinstance(v, int) and not isinstance(v, bool)), default=0)
+
+
 @dataclass
 class _Entry:
     conn: _Conn
@@ -67,8 +76,8 @@ class Admission:
 
     def note_exit(self, name: str, report: dict[str, Any]) -> None:
         """An agent ended: remember its peak for the next agent of that name."""
-        peak = report.get("peak_rss_bytes") if isinstance(report, dict) else None
-        if isinstance(peak, int) and not isinstance(peak, bool) and peak > 0:
+        peak = report_peak(report)
+        if peak:
             self._peaks.setdefault(name, collections.deque(maxlen=PEAKS_KEPT)).append(peak)
 
     def _load_log(self) -> None:
@@ -91,8 +100,8 @@ class Admission:
                 continue
             report = e.get("report") if isinstance(e, dict) else None
             if isinstance(report, dict) and isinstance(e.get("name"), str):
-                peak = report.get("peak_rss_bytes")
-                if isinstance(peak, int) and peak > 0:
+                peak = report_peak(report)
+                if peak:
                     found.setdefault(e["name"], []).append(peak)
         for name, peaks in found.items():
             known = self._peaks.setdefault(name, collections.deque(maxlen=PEAKS_KEPT))
