@@ -133,7 +133,8 @@ def test_the_newest_grower_is_paused_then_resumed_and_finishes_intact(procs, soc
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), backend=backend, tmp=sockdir)
     wait_until(lambda: "READY" in a.out, 20, "a allocated")
     wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 10, "a reported")
-    b = Agent(procs, d.socket, "b", 200, 0.05, backend=backend, tmp=sockdir)
+    hb = sockdir / "release-b"  # b holds its peak until the test has seen it paused
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(hb), backend=backend, tmp=sockdir)
 
     wait_until(lambda: d.agents().get("b", {}).get("state") == "paused", 20, "b paused")
     wait_until(lambda: frozen(d, "b", backend), 10, "b's tree frozen")
@@ -149,6 +150,7 @@ def test_the_newest_grower_is_paused_then_resumed_and_finishes_intact(procs, soc
     assert not events(d, "stop.sent"), "nobody is stopped while pausing does"
     wait_until(lambda: any("paused b" in x for x in b.err), 5, "b's launcher said so on stderr")
 
+    hb.touch()  # b, frozen, sees it only once resumed
     hold.touch()  # a finishes and frees its memory: b resumes
     assert a.finish()["exit_status"] == 0
     wait_until(lambda: events(d, "agent.resume", "b"), 20, "b resumed")
@@ -189,10 +191,12 @@ def test_no_pause_agent_is_never_paused_the_other_one_is(procs, sockdir):  # noq
     hold = sockdir / "release-a"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
     wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
-    b = Agent(procs, d.socket, "b", 200, 0.05, "--no-pause", tmp=sockdir)
+    hb = sockdir / "release-b"
+    b = Agent(procs, d.socket, "b", 200, 0.05, "--no-pause", hold=str(hb), tmp=sockdir)
     wait_until(lambda: events(d, "agent.pause"), 20, "someone paused")
     assert [e["name"] for e in events(d, "agent.pause")] == ["a"]
     assert d.agents()["b"]["pausable"] is False
+    hb.touch()
     rb = b.finish()
     assert rb["exit_status"] == 0 and rb["extra"]["pauses"] == 0
     wait_until(lambda: events(d, "agent.resume", "a"), 20, "a resumed once b ended")
@@ -206,8 +210,8 @@ def test_coordinator_without_pausing_stops_as_before(procs, sockdir):  # noqa: F
     hold = sockdir / "release-a"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
     wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
-    b = Agent(procs, d.socket, "b", 200, 0.05, tmp=sockdir)
-    wait_until(lambda: events(d, "stop.sent"), 20, f"a stop: {d.events()} {b.out} {b.err}")
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(hold), tmp=sockdir)
+    wait_until(lambda: events(d, "stop.sent"), 20, "a stop")
     assert not events(d, "agent.pause")
     hold.touch()
     reasons = [a.finish()["reason"], b.finish()["reason"]]
@@ -218,8 +222,10 @@ def test_max_pause_falls_back_to_stopping_the_one_that_frees_the_most(procs, soc
     d = daemon(procs, sockdir, "--max-pause", "1")
     a = Agent(procs, d.socket, "a", 190, 0.0, hold=str(sockdir / "never"), tmp=sockdir)
     wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 180 * MIB, 20, "a reported")
-    b = Agent(procs, d.socket, "b", 200, 0.05, tmp=sockdir)
+    hb = sockdir / "release-b"
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(hb), tmp=sockdir)
     wait_until(lambda: events(d, "agent.pause", "b"), 20, "b paused")
+    hb.touch()
     ra = a.finish()  # a never ends by itself: after --max-pause the largest is stopped
     assert ra["reason"] == "pool" and ra["exit_status"] == 137
     [decision] = d.events("stop.decision")
@@ -235,10 +241,12 @@ def test_coordinator_killed_while_paused_leaves_the_agent_running(procs, sockdir
     hold = sockdir / "release-a"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), backend=backend, tmp=sockdir)
     wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
-    b = Agent(procs, d.socket, "b", 200, 0.05, backend=backend, tmp=sockdir)
+    hb = sockdir / "release-b"
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(hb), backend=backend, tmp=sockdir)
     wait_until(lambda: d.agents().get("b", {}).get("state") == "paused", 20, "b paused")
     wait_until(lambda: frozen(d, "b", backend), 10, "b's tree frozen")
     assert not any(x.startswith("DONE") for x in b.out)  # frozen: it cannot finish
+    hb.touch()
     d.kill()  # SIGKILL: no chance to resume anyone itself
     rb = b.finish()  # b's launcher resumed it when the link dropped: it completes
     assert rb["exit_status"] == 0 and "DONE ok" in b.out
@@ -252,7 +260,7 @@ def test_a_paused_agent_asked_to_end_is_resumed_so_that_it_can(procs, sockdir): 
     hold = sockdir / "release-a"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
     wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
-    b = Agent(procs, d.socket, "b", 200, 0.05, tmp=sockdir)
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(sockdir / "never"), tmp=sockdir)
     wait_until(lambda: frozen(d, "b", "sampling"), 20, "b's tree frozen")
     b.proc.terminate()  # forwarded to the command, which a stopped tree could not act on
     rb = b.finish()
