@@ -9,9 +9,9 @@ coordinator says start, ``--wait-timeout`` passes (then it starts anyway or exit
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py would import enum and selectors (~4 ms)
 import os
 import select
-import socket
 import struct
 import time
 
@@ -43,13 +43,13 @@ class AdmitSettings:
         self.on_timeout = on_timeout
 
 
-def _connect(path: str) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+def _connect(path: str) -> _socket.socket | None:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(0.5)
         sock.connect(path)
         _pid, uid, _gid = _PEERCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED.size)
         )
         if uid not in (os.geteuid(), 0):
             sock.close()
@@ -60,7 +60,7 @@ def _connect(path: str) -> socket.socket | None:
     return sock
 
 
-def _answers(sock: socket.socket, deadline: float | None) -> Iterator[p.Admission | None]:
+def _answers(sock: _socket.socket, deadline: float | None) -> Iterator[p.Admission | None]:
     """Yield each ``admission`` until the deadline (then None) or the connection ends."""
     buf = p.FrameBuffer(p.MAX_REPLY_FRAME)
     while True:
