@@ -50,7 +50,8 @@ def launch(procs, socket_path: str, name: str, code: str, mb: int, report: Path,
 
 
 def test_real_launchers_over_a_small_pool_stop_exactly_the_largest(procs, sockdir):  # noqa: F811
-    d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "300M").start()
+    # --no-pause: this is the stop path (tests/test_pause.py has pausing first).
+    d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "300M", "--no-pause").start()
     reports = {n: sockdir / f"{n}.json" for n in ("big", "mid", "small")}
     # big + mid stay under the warning level (90%); small takes the sum over the pool by more
     # than mid's cache can free.

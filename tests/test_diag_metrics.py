@@ -61,6 +61,8 @@ def test_every_figure_of_the_status_becomes_a_sample() -> None:
         ("pmrun_agent_max_bytes", a1): 1 << 30,
         ("pmrun_agent_start_time_seconds", a1): 1e9,
         ("pmrun_agent_stopping", a1): 1,
+        ("pmrun_agent_paused_seconds", a1): 0,
+        ("pmrun_agents_waiting", ()): 0,
         ("pmrun_service_held_bytes", cache): 7 * MIB,
         ("pmrun_service_process_rss_bytes", cache): 90 * MIB,
         (
@@ -74,7 +76,7 @@ def test_every_figure_of_the_status_becomes_a_sample() -> None:
 
 def test_an_empty_status_gives_up_and_no_agents() -> None:
     got = samples(metrics_of({"agents": [], "services": []}))
-    assert got == {("pmrun_up", ()): 1, ("pmrun_agents", ()): 0}
+    assert got == {("pmrun_up", ()): 1, ("pmrun_agents", ()): 0, ("pmrun_agents_waiting", ()): 0}
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -112,6 +112,20 @@ def _text(v: Any) -> str:
     return v
 
 
+def _parse_opt_seconds(v: Any) -> float | None:
+    """Seconds, zero or more; ``off`` (or ``none``) for no bound."""
+    if isinstance(v, str) and v.strip().lower() in ("off", "none", "never"):
+        return None
+    return _parse_float(v)
+
+
+def _parse_expect(v: Any) -> int | None:
+    """A size; ``auto`` (None): learned from the event log, else --warn-rss."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return None
+    return parse_size(v)
+
+
 def _opt_fraction(v: Any) -> float | None:
     if isinstance(v, str) and v.strip().lower() in ("off", "none"):
         return None
@@ -206,6 +220,46 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_bool,
         "register with the host's coordinator (started on demand)",
     ),
+    Setting(
+        "pause",
+        "agent",
+        "PMRUN_PAUSE",
+        True,
+        _parse_bool,
+        "the coordinator may pause (freeze) this agent under pressure instead of stopping it",
+    ),
+    Setting(
+        "wait",
+        "agent",
+        "PMRUN_WAIT",
+        True,
+        _parse_bool,
+        "wait before starting while the agent's expected size does not fit",
+    ),
+    Setting(
+        "expect",
+        "agent",
+        "PMRUN_EXPECT",
+        "auto",
+        _parse_expect,
+        "the agent's expected peak, for admission ('auto': learned, else --warn-rss)",
+    ),
+    Setting(
+        "wait-timeout",
+        "agent",
+        "PMRUN_WAIT_TIMEOUT",
+        "off",
+        _parse_opt_seconds,
+        "longest wait before starting ('off': no bound)",
+    ),
+    Setting(
+        "wait-expired",
+        "agent",
+        "PMRUN_WAIT_EXPIRED",
+        "start",
+        _choice("start", "exit"),
+        "after --wait-timeout: start anyway, or exit 75 (EX_TEMPFAIL)",
+    ),
     # The coordinator.
     Setting(
         "socket",
@@ -294,6 +348,30 @@ SETTINGS: tuple[Setting, ...] = (
         0,
         _parse_port,
         "serve Prometheus metrics on 127.0.0.1:PORT (0 = off)",
+    ),
+    Setting(
+        "pause",
+        "coordinator",
+        "PMRUN_COORDINATOR_PAUSE",
+        True,
+        _parse_bool,
+        "pause growing agents before stopping any (false: stop at once, as before)",
+    ),
+    Setting(
+        "max-pause",
+        "coordinator",
+        "PMRUN_MAX_PAUSE",
+        120.0,
+        _parse_float,
+        "seconds a paused agent may wait for memory before it may be stopped",
+    ),
+    Setting(
+        "idle-exit",
+        "coordinator",
+        "PMRUN_IDLE_EXIT",
+        "off",
+        _parse_opt_seconds,
+        "exit after this many seconds with no agent ('off': never); on demand: 600",
     ),
     # The prompt cache.
     Setting(

@@ -18,6 +18,7 @@ import time
 
 from . import _procfs, _signals, policy
 from ._keeper import COMMAND_ENDED, DRAIN, PARENT_DIED, Keeper, kill_below
+from ._pause import PauseControl
 from .backends import Backend, Sample, select
 from .errors import ExitCode, PmrunError, UsageError
 from .report import ExitReport, Limits, TopProcess, write_report
@@ -27,6 +28,8 @@ TYPE_CHECKING = False  # not `from typing import`: the launch path avoids import
 if TYPE_CHECKING:
     from typing import Any
 
+# Signals asking the command to end: a paused tree is resumed so that it can.
+_ENDING = frozenset((signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT))
 # The coordinator link thread wakes the main thread with this (never forwarded).
 WAKE = signal.SIGRTMIN + 3
 # pmrun's own signals, never forwarded; SIGTSTP, SIGTTIN and SIGTTOU keep their default
@@ -61,6 +64,8 @@ class LaunchSettings:
         "trace_heap",
         "quiet",
         "pid_fd",
+        "pause",
+        "admission",
     )
 
     def __init__(
@@ -76,6 +81,8 @@ class LaunchSettings:
         trace_heap: bool = False,  # set PMRUN_TRACEMALLOC=1 for Python services in the agent
         quiet: bool = False,  # no warning line on stderr (the report still records it)
         pid_fd: int | None = None,  # --pid-fd N: the command's pid is written there once it runs
+        pause: bool = True,  # the coordinator may pause this agent instead of stopping it
+        admission: Any = None,  # pmrun._admit.AdmitSettings: wait before start; None = don't
     ) -> None:
         self.limits = limits
         self.name = name
@@ -88,6 +95,8 @@ class LaunchSettings:
         self.trace_heap = trace_heap
         self.quiet = quiet
         self.pid_fd = pid_fd
+        self.pause = pause
+        self.admission = admission
 
 
 # Below this no program starts, so a smaller --max-rss is a mistake ("1.5" is 1 byte).
@@ -158,6 +167,8 @@ class Launcher:
         self._troubles: list[str] = []  # pmrun's own I/O trouble, said once each, in the report
         self._deferred: list[str] = []  # lines kept for the end (stderr is a terminal)
         self._kernel_wakes = False  # the kernel wakes us at the limit (cgroup v1 threshold)
+        # pause before kill (pmrun._pause): orders from the link thread, applied here
+        self._pausectl = PauseControl(lambda: signal.pthread_kill(self._main_thread, WAKE))
 
     # -- the parts --------------------------------------------------------------
 
@@ -269,6 +280,8 @@ class Launcher:
         info = signal.sigtimedwait(WAITED, timeout_s)
         while info is not None:
             sig = info.si_signo
+            if sig in _ENDING:
+                self._pausectl.release("signal")  # a frozen tree could not act on it
             if sig == signal.SIGCHLD:
                 self._reap()
             elif sig not in FORWARDED or (
@@ -335,8 +348,9 @@ class Launcher:
                 "priority": self.settings.priority,
                 "backend": backend,
                 "started": time.time(),
+                "pausable": self.settings.pause,
             }
-            link = AgentLink(socket_path, info, self._on_stop_order)
+            link = AgentLink(socket_path, info, self._on_stop_order, on_pause=self._pausectl.order)
             link.start()
             self._link = link
             self._flush_early_events()
@@ -377,6 +391,16 @@ class Launcher:
         raise_nofile_limit()  # a wide tree needs fds; the command gets its own limit back
         socket_path = self._socket_path = self._coordinator_socket()
         _become_subreaper()
+        if socket_path and self.settings.admission is not None:  # wait before start
+            from ._admit import wait_turn
+
+            code = wait_turn(
+                socket_path, agent_id=self.agent_id, name=self.settings.name,
+                priority=self.settings.priority, warn_rss=lim.warn_rss, max_rss=lim.max_rss,
+                settings=self.settings.admission, say=self._say,
+            )  # fmt: skip
+            if code is not None:
+                return code
         backend = select(
             self.settings.backend,
             agent_id=self.agent_id,
@@ -423,6 +447,9 @@ class Launcher:
             _tell_pid(self.settings.pid_fd, self._pid)
         backend.keeper_pid = self._keeper.pid
         backend.started(self._pid)
+        self._pausectl.bind(
+            backend, self._say, self._event, f"{self.settings.name} (pid {self._pid})"
+        )
         if type(backend).wakeup_fd is not Backend.wakeup_fd:
             _thread.start_new_thread(self._relay_wakeups, (backend,))
         if self.settings.record_path:
@@ -532,6 +559,7 @@ class Launcher:
                 reason = "kernel-oom"
                 stop = {"rss": s.rss_bytes, "oom_kills": _oom_detail(backend)}
                 break
+            self._pausectl.apply()  # pause/resume ordered by the coordinator
             interval = policy.next_interval_s(
                 s.rss_bytes,
                 lim.max_rss,
@@ -548,6 +576,7 @@ class Launcher:
                 vsz = max(p.vsz_bytes for p in s.processes)
                 interval = min(interval, policy.next_interval_s(vsz, lim.max_as))
             self._wait(interval)
+        self._pausectl.release("stopping" if reason != "exit" else "exited")  # never stop frozen
         if reason != "exit":
             self._event("stop", reason=reason, **(stop or {}))
             self._stop_tree(backend, watch)
@@ -609,6 +638,7 @@ class Launcher:
                 # cgroup: the raw usage (page cache included) when the counted peak was
                 # seen, beside the anonymous+shmem+swap figure the limits apply to.
                 "kernel_usage_at_peak_bytes": usage_at_peak,
+                **self._pausectl.summary(),
             },
         )
         return report
@@ -640,7 +670,7 @@ class Launcher:
             if len(known) > 4 * len(pids) + 64:
                 live = {p for p, _ in pids}
                 self._start_times = {p: t for p, t in known.items() if p in live}
-            self._link.report(s.rss_bytes, peak, pids)
+            self._link.report(s.rss_bytes, peak, pids, state=self._pausectl.state)
 
     def _stop_tree(self, backend: Backend, watch: policy.LimitWatch) -> None:
         """SIGTERM the whole tree, wait up to the grace, then SIGKILL whatever is left."""

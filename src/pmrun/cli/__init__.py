@@ -14,7 +14,7 @@ import sys
 # import matplotlib and `pmrun -- cmd` imports none of them.
 COMMANDS: dict[str, str] = {
     "run": "pmrun.cli.run_help:run_command",
-    "coordinator": "pmrun.cli.coordinator:coordinator_command",
+    "coordinator": "pmrun.cli.lifecycle:coordinator_group",
     "cleanup": "pmrun.cli.coordinator:cleanup_command",
     "status": "pmrun.cli.diag:status_command",
     "top": "pmrun.cli.diag:top_command",

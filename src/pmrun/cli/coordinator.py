@@ -94,6 +94,24 @@ Examples:
     help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics [default: off].",
 )
 @click.option(
+    "--no-pause",
+    "no_pause",
+    is_flag=True,
+    default=None,
+    help="Stop agents at once under pressure instead of pausing growing ones first.",
+)
+@click.option(
+    "--max-pause",
+    metavar="SECONDS",
+    help="How long a paused agent may wait for memory before it may be stopped [default 120].",
+)
+@click.option(
+    "--idle-exit",
+    metavar="SECONDS|off",
+    help="Exit after this long with no agent registered [default: off; 600 when started "
+    "on demand].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LOG_LEVELS),
     default="info",
@@ -113,6 +131,9 @@ def coordinator_command(
     cooldown: str | None,
     settle: str | None,
     metrics_port: str | None,
+    no_pause: bool | None,
+    max_pause: str | None,
+    idle_exit: str | None,
     log_level: str,
 ) -> None:
     """Run the coordinator in the foreground (logs on stderr; stop with Ctrl-C or SIGTERM).
@@ -143,6 +164,9 @@ def coordinator_command(
             "cooldown": cooldown,
             "settle": settle,
             "metrics-port": metrics_port,
+            "pause": False if no_pause else None,
+            "max-pause": max_pause,
+            "idle-exit": idle_exit,
         }
     )
     settings = CoordinatorSettings.from_config(cfg)

@@ -61,6 +61,32 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("--socket", "coordinator.socket", "PATH", "the coordinator's socket"),
     Option("--no-coordinator", "agent.coordinator", None, "run standalone: no coordinator", False),
+    Option(
+        "--no-pause",
+        "agent.pause",
+        None,
+        "never pause this agent under pressure (e.g. an interactive session)",
+        False,
+    ),
+    Option(
+        "--expect",
+        "agent.expect",
+        "SIZE",
+        "expected peak, for waiting before start (default: learned, else --warn-rss)",
+    ),
+    Option("--no-wait", "agent.wait", None, "start at once even if memory is short", False),
+    Option(
+        "--wait-timeout",
+        "agent.wait-timeout",
+        "SECONDS",
+        "longest wait for memory before starting (default: no bound)",
+    ),
+    Option(
+        "--wait-expired",
+        "agent.wait-expired",
+        "start|exit",
+        "after --wait-timeout: start anyway (default) or exit 75",
+    ),
     Option("--report", None, "FILE", "write a JSON exit report to FILE ('-' = stderr)"),
     Option("--record", None, "FILE", "record the tree's RSS over time to FILE (for `pmrun plot`)"),
     Option("--trace-heap", None, None, "start tracemalloc in Python services (for `pmrun heap`)"),
@@ -167,6 +193,21 @@ def build_settings(parsed: Parsed):
         trace_heap=bool(x.get("trace-heap", False)),
         quiet=bool(x.get("quiet", False)),
         pid_fd=_pid_fd(x.get("pid-fd")),
+        pause=cfg["agent.pause"],
+        admission=_admission(cfg),
+    )
+
+
+def _admission(cfg):
+    """Wait-before-start settings; None with --no-wait."""
+    if not cfg["agent.wait"]:
+        return None
+    from .._admit import AdmitSettings
+
+    return AdmitSettings(
+        expect=cfg["agent.expect"],
+        timeout_s=cfg["agent.wait-timeout"],
+        on_timeout=cfg["agent.wait-expired"],
     )
 
 

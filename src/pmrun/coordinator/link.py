@@ -174,6 +174,7 @@ class AgentLink:
         say: Callable[[str], None] = say_on_stderr,
         respawn_after_s: float | None = 3.0,
         warn_after_s: float | None = 10.0,
+        on_pause: Callable[[bool, dict[str, Any]], None] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.say = say
@@ -185,6 +186,11 @@ class AgentLink:
         self._warned_unreachable = False
         self.info = dict(info)
         self.on_stop = on_stop
+        # on_pause(True, detail) on a pause order, (False, detail) on a resume, and
+        # (False, {"why": ...}) when the connection drops while paused: a coordinator
+        # that goes away must never leave the agent frozen.
+        self.on_pause = on_pause
+        self._paused = False
         self.heartbeat_s = heartbeat_s
         self.min_interval_s = min_interval_s
         self.backoff_s = backoff_s
@@ -371,6 +377,7 @@ class AgentLink:
                     self._sent_rss = None
                     sock.close()
                     unreachable_since = time.monotonic()
+                    self._pause_order(False, {"why": "coordinator connection lost"})
                 # A connection that lasted (a coordinator that went away) is retried at
                 # once; one refused or dropped at once backs off like a failed connect.
                 if time.monotonic() - connected_at > 1.0:
@@ -420,6 +427,8 @@ class AgentLink:
                     peak=peak,
                     pids=[list(x) for x in pids[: p.MAX_PIDS]],
                     state=state,
+                    pausable=self.on_pause is not None and bool(i.get("pausable", True)),
+                    expect=i.get("expect"),
                 )
             )
         except (PmrunError, TypeError, ValueError, OverflowError) as e:
@@ -483,11 +492,24 @@ class AgentLink:
                 log.exception("on_stop failed")
         elif isinstance(msg, p.Ok) and msg.of == "register":
             self._acked = True
+        elif isinstance(msg, p.Pause):
+            self._pause_order(True, {"reason": msg.reason, **msg.detail})
+        elif isinstance(msg, p.Resume):
+            self._pause_order(False, {"why": "headroom", **msg.detail})
         elif isinstance(msg, p.Error):
             log.debug("coordinator: %s: %s", msg.code, msg.message)
             if msg.code == "forbidden" or (not self._acked and msg.code in REFUSALS):
                 self._refuse(f"{msg.code}: {msg.message}")
                 raise _Refused(msg.message)
+
+    def _pause_order(self, pause: bool, detail: dict[str, Any]) -> None:
+        if self.on_pause is None or pause == self._paused:
+            return
+        self._paused = pause
+        try:
+            self.on_pause(pause, detail)
+        except Exception:
+            log.exception("on_pause failed")
 
     def _send_deregister_here(self, timeout_s: float, buf: p.FrameBuffer | None = None) -> None:
         """Send the deregister frame and wait for its ``ok`` (from the link thread)."""

@@ -287,3 +287,184 @@ def summarize(readings: Readings) -> Mapping[str, object]:
         "psi_some_avg10": readings.psi_some_avg10,
         "ratios": {k: round(v, 4) for k, v in readings.ratios().items()},
     }
+
+
+# -- pause before kill --------------------------------------------------------------------
+# When eviction was not enough, agents whose growth drives the pressure are frozen (their
+# launchers do it) instead of stopped: a paused agent loses no work. Its memory stays in
+# the pool, but it is *held aside* like a stopping agent's (:func:`bytes_to_free`'s
+# ``pending_bytes``) for up to ``max_pause_s``: the running agents finish and free theirs,
+# then the paused ones resume, one at a time. A paused agent that still does not fit after
+# ``max_pause_s`` is no longer held aside, so the stop path takes over as before.
+
+
+@dataclass(frozen=True)
+class PauseSettings:
+    """How the coordinator pauses and resumes agents. Times in seconds."""
+
+    enabled: bool = True  # --no-pause on the coordinator: stop at once, as before
+    max_pause_s: float = 120.0  # --max-pause: after this a paused agent may be stopped
+    # Resume only once every signal is this far below its threshold (the warning level's
+    # own exit, 0.85): resuming at 0.99 would cross again at the agent's next megabyte.
+    resume_below: float = DEFAULT_HYSTERESIS.warn_at - DEFAULT_HYSTERESIS.release
+    resume_interval_s: float = 1.0  # one resume, then let its growth show before the next
+    growth_window_s: float = 10.0  # how far back an agent's growth is looked at
+    min_growth_bytes: int = 8 * MIB  # less growth than this does not drive the pressure
+
+
+@dataclass(frozen=True)
+class Pausable:
+    """An agent as the pause decision sees it. Sizes in bytes, times monotonic seconds."""
+
+    agent_id: str
+    name: str
+    bytes: int  # what it counts in the pool
+    priority: int
+    started: float  # unix time (newest = largest)
+    growth_bytes: int  # its growth over the window (now minus the window's minimum)
+    max_rss: int | None  # its own limit: over it, it is a runaway its launcher stops
+    pausable: bool = True  # False: started with --no-pause
+    paused_at: float | None = None  # when it was paused; None = running
+    stopping: bool = False  # told to stop, or its launcher is stopping it
+    rss_bytes: int | None = None  # as its launcher counts it (its limit's measure); None = bytes
+
+    @property
+    def runaway(self) -> bool:
+        """Over its own ``--max-rss``, as its launcher counts it (PSS would be less)."""
+        own = self.bytes if self.rss_bytes is None else self.rss_bytes
+        return self.max_rss is not None and own >= self.max_rss
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "agent": self.agent_id,
+            "name": self.name,
+            "bytes": self.bytes,
+            "priority": self.priority,
+            "growth_bytes": self.growth_bytes,
+        }
+
+
+def held_aside_bytes(agents: Iterable[Pausable], now_s: float, max_pause_s: float) -> int:
+    """Memory the pressure decision treats as on its way out without stopping anyone:
+    agents paused less than ``max_pause_s`` ago, and runaways (their launcher stops them)."""
+    total = 0
+    for a in agents:
+        if a.stopping:
+            continue  # already counted as pending by the stop path
+        if a.runaway or (a.paused_at is not None and now_s - a.paused_at < max_pause_s):
+            total += a.bytes
+    return total
+
+
+def choose_pauses(
+    agents: Iterable[Pausable], needed_bytes: int, s: PauseSettings = PauseSettings()
+) -> list[Pausable]:
+    """The agents to pause, in order, until the memory they hold covers ``needed_bytes``.
+
+    Only agents that grew by ``min_growth_bytes`` within the window (they drive the
+    pressure), are under their own limit (a runaway is its launcher's to stop), did not opt
+    out and are neither paused nor stopping. Lowest priority first, then the newest. One
+    agent always keeps running (the oldest of the highest priority), so that someone
+    finishes and frees memory: pausing everyone would only wait for ``max_pause_s``.
+    """
+    everyone = list(agents)
+    running = [a for a in everyone if a.paused_at is None and not a.stopping and not a.runaway]
+    eligible = [a for a in running if a.pausable and a.growth_bytes >= s.min_growth_bytes]
+    order = sorted(eligible, key=lambda a: (a.priority, -a.started, a.agent_id))
+    keep = len(running)
+    chosen: list[Pausable] = []
+    remaining = needed_bytes
+    for a in order:
+        if remaining <= 0 or keep <= 1:
+            break
+        chosen.append(a)
+        keep -= 1
+        remaining -= max(a.bytes, 1)
+    return chosen
+
+
+def choose_resume(
+    agents: Iterable[Pausable],
+    readings: Readings,
+    now_s: float,
+    last_resume_s: float | None,
+    s: PauseSettings = PauseSettings(),
+) -> Pausable | None:
+    """The paused agent to resume now, if any: highest priority first, then the oldest.
+
+    Only when every signal is below ``resume_below`` of its threshold (hysteresis: the
+    pressure's own exit from the warning level) and ``resume_interval_s`` after the last
+    resume, so that a resumed agent's growth shows before the next one starts.
+    """
+    paused = [a for a in agents if a.paused_at is not None and not a.stopping]
+    if not paused:
+        return None
+    if last_resume_s is not None and now_s - last_resume_s < s.resume_interval_s:
+        return None
+    if any(r >= s.resume_below for r in readings.ratios().values()):
+        return None
+    return min(paused, key=lambda a: (-a.priority, a.started, a.agent_id))
+
+
+# -- wait before start (admission) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A launcher waiting to start its agent."""
+
+    seq: int  # arrival order
+    agent_id: str
+    priority: int  # higher starts first
+    expect_bytes: int | None  # the agent's expected peak; None = unknown (see admit)
+
+
+def fits(
+    extra_bytes: int, pool_used: int, pool_limit: int, system_used: int, system_threshold: int
+) -> bool:
+    """Whether ``extra_bytes`` more keeps the pool and the system under their thresholds."""
+    if pool_limit > 0 and pool_used + extra_bytes > pool_limit:
+        return False
+    return not (system_threshold > 0 and system_used + extra_bytes > system_threshold)
+
+
+def admit(
+    queue: Iterable[Waiting],
+    *,
+    pool_used: int,
+    pool_limit: int,
+    system_used: int,
+    system_threshold: int,
+    reserved_bytes: int,
+    idle: bool,
+) -> list[Waiting]:
+    """The waiting agents that may start now, in order: FIFO within priority (higher first).
+
+    ``reserved_bytes`` is what agents started a moment ago are still expected to grow by.
+    An agent of unknown size starts while everything stays under the warning level (90% of
+    each threshold), so that a first run of an agent never waits on a guess. The queue is
+    strict: one that does not fit holds back those behind it (a small agent
+    never overtakes a large one forever). Never a deadlock: on an ``idle`` pool (no agent
+    running or reserved) the first in line starts even if it cannot fit, alone.
+    """
+    order = sorted(queue, key=lambda w: (-w.priority, w.seq))
+    chosen: list[Waiting] = []
+    extra = reserved_bytes
+    for w in order:
+        need = w.expect_bytes or 0
+        scale = 1.0 if w.expect_bytes is not None else DEFAULT_HYSTERESIS.warn_at
+        limits = (int(pool_limit * scale), int(system_threshold * scale))
+        if fits(extra + need, pool_used, limits[0], system_used, limits[1]):
+            chosen.append(w)
+            extra += need
+        elif idle and not chosen:
+            chosen.append(w)  # too big for the machine: it starts alone
+            break
+        else:
+            break
+    return chosen
+
+
+def learned_peak(peaks: Iterable[int]) -> int | None:
+    """The expected peak from recent peaks of agents with the same name: the largest."""
+    return max(peaks, default=None)

@@ -8,8 +8,8 @@ Unknown fields are ignored (a newer peer may add some); a missing or ill-typed f
 an unknown type or another version is a :class:`~pmrun.errors.ProtocolError`.
 ``docs/protocol.md`` documents the same for clients in other languages.
 
-The protocol never carries a command to execute: the only order the coordinator gives
-is ``stop`` to an agent's own launcher, which does the stopping.
+The protocol never carries a command to execute: the only orders the coordinator gives
+are ``stop``, ``pause`` and ``resume`` to an agent's own launcher, which carries them out.
 """
 
 from __future__ import annotations
@@ -278,6 +278,10 @@ class Register(Message):
     peak: int = 0
     pids: list[list[int]] = field(default_factory=list)  # [pid, start_time_ticks]
     state: str = "running"
+    # True: the launcher carries out pause/resume (absent from launchers that cannot);
+    # False also for --no-pause. Only a pausable agent is ever sent pause.
+    pausable: bool = False
+    expect: int | None = None  # bytes it expects to need (--expect), for admission
 
     def check(self) -> None:
         if not self.agent_id or len(self.agent_id) > MAX_AGENT_ID:
@@ -327,6 +331,65 @@ class Stop(Message):
     def check(self) -> None:
         if self.reason not in STOP_REASONS:
             raise ProtocolError(f"stop.reason: expected one of {', '.join(STOP_REASONS)}")
+
+
+class Pause(Message):
+    """Coordinator -> one launcher: freeze your agent's tree (pressure; no work is lost).
+
+    The launcher applies it and resumes by itself when the connection drops, so a
+    coordinator that dies never leaves an agent frozen.
+    """
+
+    TYPE = "pause"
+    reason: str  # "pool" or "system-pressure"
+    detail: dict[str, Any] = field(default_factory=dict)  # the figures it was decided on
+
+    def check(self) -> None:
+        if self.reason not in STOP_REASONS:
+            raise ProtocolError(f"pause.reason: expected one of {', '.join(STOP_REASONS)}")
+
+
+class Resume(Message):
+    """Coordinator -> one launcher: thaw your agent's tree (headroom is back)."""
+
+    TYPE = "resume"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Admit(Message):
+    """Launcher -> coordinator, before exec: may this agent start now? (``--no-wait`` skips it)
+
+    Answered by :class:`Admission` at once, and again when a waiting agent may start.
+    Closing the connection leaves the queue.
+    """
+
+    TYPE = "admit"
+    id: int | None = None
+    agent_id: str
+    name: str
+    priority: int = 0
+    expect: int | None = None  # bytes, from --expect; None = the coordinator estimates
+    warn_rss: int | None = None
+    max_rss: int | None = None
+
+    def check(self) -> None:
+        if not self.agent_id or len(self.agent_id) > 128:
+            raise ProtocolError("admit.agent_id: 1 to 128 characters")
+        _nonneg(self, "expect", "warn_rss", "max_rss")
+
+
+class Admission(Message):
+    """Coordinator -> launcher: start now (``start``), or wait with ``ahead`` agents before it."""
+
+    TYPE = "admission"
+    id: int | None = None
+    start: bool
+    ahead: int = 0  # agents queued before this one
+    expect_bytes: int = 0  # the size the decision assumed
+    expect_source: str = ""  # "flag", "learned" or "warning-level" (size unknown)
+    used_bytes: int = 0  # what is in use on the signal that is short
+    limit_bytes: int = 0  # its threshold
+    why: str = ""  # "fits", "alone", "queued", ...
 
 
 class Service(Message):
@@ -454,6 +517,17 @@ class HeapResult(Message):
     results: list[dict[str, Any]]
 
 
+class Shutdown(Message):
+    """Client -> coordinator: exit cleanly (``pmrun coordinator stop``). Answered by ``ok``.
+
+    Launchers keep enforcing their agents' own limits, resume any paused agent and
+    reconnect when a coordinator serves the socket again.
+    """
+
+    TYPE = "shutdown"
+    id: int | None = None
+
+
 class Ok(Message):
     """Coordinator -> client: the request ``of`` was accepted."""
 
@@ -478,7 +552,7 @@ MESSAGES: dict[str, type[Message]] = {
     for cls in (
         Ping, Pong, Register, Report, Event, Deregister, Stop, Service, ServiceClose, Stats,
         GetStats, Evict, Evicted, Cleanup, CleanupResult, Status, StatusResult, Heap,
-        HeapResult, Ok, Error,
+        HeapResult, Ok, Error, Pause, Resume, Admit, Admission, Shutdown,
     )
 }  # fmt: skip
 

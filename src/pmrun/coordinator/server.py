@@ -34,8 +34,9 @@ from typing import Any
 from .. import _procfs, cgroups
 from ..errors import PmrunError, SocketSecurityError
 from ..events import EventLog, launcher_event_level
-from . import paths, policy
+from . import lifecycle, paths, policy
 from . import protocol as p
+from .admission import Admission
 from .endpoint import AlreadyRunning, Endpoint, reopen_log_if_deleted
 from .policy import Level
 from .pool import (
@@ -45,6 +46,7 @@ from .pool import (
     ServiceEntry,
     measure_pss,
 )
+from .suspend import Suspender
 
 log = logging.getLogger("pmrun.coordinator")
 
@@ -85,6 +87,8 @@ class CoordinatorSettings:
     metrics_port: int | None = None  # --metrics-port: serve Prometheus metrics; None = off
     metrics_host: str = "127.0.0.1"  # this host only by default: the labels name agents
     hysteresis: policy.Hysteresis = field(default_factory=policy.Hysteresis)
+    pause: policy.PauseSettings = field(default_factory=policy.PauseSettings)  # pause before kill
+    idle_exit_s: float | None = None  # --idle-exit: exit after this long with no agent
     proc: str = _procfs.PROC
     cgroup_root: str = ""  # a prefix before every cgroup mount point (tests: a fake tree)
 
@@ -107,6 +111,10 @@ class CoordinatorSettings:
             "cooldown_s": config["coordinator.cooldown"],
             "settle_s": config["coordinator.settle"],
             "metrics_port": config["coordinator.metrics-port"] or None,
+            "idle_exit_s": lifecycle.idle_exit_s(config),
+            "pause": policy.PauseSettings(
+                enabled=config["coordinator.pause"], max_pause_s=config["coordinator.max-pause"]
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -255,6 +263,9 @@ class Coordinator:
         self.wall = wall
         self.events = events if events is not None else EventLog(settings.events_file, clock=wall)
         self.pool = Pool()
+        self.suspend = Suspender(self, settings.pause)  # pause before kill
+        self.admission = Admission(self)  # wait before start
+        self.lifecycle = lifecycle.Lifecycle(self, settings.idle_exit_s)  # stop, idle exit
         self.conns: dict[int, _Conn] = {}
         self.state = policy.PressureState()
         self.readings: policy.Readings | None = None
@@ -301,6 +312,7 @@ class Coordinator:
 
     def _lost(self, conn: _Conn) -> None:
         self.conns.pop(conn.id, None)
+        self.admission.drop(conn)
         for fut in conn.pending.values():
             if not fut.done():
                 fut.cancel()
@@ -349,6 +361,8 @@ class Coordinator:
         if self.pool.agents.get(agent.agent_id) is agent:
             del self.pool.agents[agent.agent_id]
             self._rss_total -= agent.rss_bytes
+            self.suspend.forget(agent.agent_id)
+            self.admission.forget(agent.agent_id)
 
     # -- messages ------------------------------------------------------------------------
 
@@ -393,6 +407,7 @@ class Coordinator:
         )
         self.pool.agents[agent.agent_id] = agent
         self._rss_total += agent.rss_bytes
+        self.suspend.registered(agent.agent_id, msg.pausable, msg.rss, self.clock())
         conn.agent, conn.deregistered = agent, False
         conn.send(p.Ok(id=msg.id, of="register", detail={"pool_bytes": self.settings.pool_bytes}))
         self.events.write(
@@ -441,6 +456,8 @@ class Coordinator:
             self.events.write(
                 "agent.deregister", agent=agent.agent_id, name=agent.name, report=msg.report
             )
+            self.admission.note_exit(agent.name, msg.report)
+            self.admission.pump()
         conn.send(p.Ok(id=msg.id, of="deregister"))
 
     def _on_service(self, conn: _Conn, msg: p.Service) -> None:
@@ -748,6 +765,7 @@ class Coordinator:
         try:
             detected = time.monotonic()
             r = await self.read()
+            self.suspend.observe(self.clock(), self.use_pss)
             previous = self.state
             self.state = policy.assess(r, previous, self.settings.hysteresis)
             if self.state.level != previous.level:
@@ -756,14 +774,18 @@ class Coordinator:
                 level = self.state.level
                 fraction = policy.eviction_fraction(level, self.settings.evict_fraction)
                 reason = ",".join(self.state.crossed())
-                await self.broadcast(fraction, level.label, reason, detected_at=detected)
-                r = await self.read(fresh_pss=True)
+                outcome = await self.broadcast(fraction, level.label, reason, detected_at=detected)
+                if outcome["answered"] or outcome["no_answer"]:  # else nothing could have freed
+                    r = await self.read(fresh_pss=True)
                 before = self.state
                 self.state = policy.assess(r, before, self.settings.hysteresis)
                 if self.state.level != before.level:  # the services' answers relieved it
                     self._log_pressure(before, r)
             if policy.over_threshold(r):
                 await self._consider_stop(r)
+            else:
+                self.suspend.resume_step(r, self.clock())
+            self.admission.pump()
         finally:
             self._acting = False
 
@@ -791,16 +813,22 @@ class Coordinator:
         return sum(
             a.pool_bytes(self.use_pss)
             for a in self.pool.stopping(now, self.settings.stop_pending_s)
-        )
+        ) + self.suspend.held_bytes(now, self.use_pss)
 
     async def _consider_stop(self, r: policy.Readings) -> None:
         s = self.settings
         now = self.clock()
-        if not policy.may_stop(
+        may = policy.may_stop(
             now, self._last_stop, s.cooldown_s, policy.hard_crossed(r, s.hard_ratio)
-        ):
+        )
+        first = policy.bytes_to_free(r, self._pending_bytes())
+        if first is None:
             return
-        if policy.bytes_to_free(r, self._pending_bytes()) is None:
+        # Pause at once, on the figures eviction was just judged on: a pause is cheap and
+        # undone by a resume, so it does not wait for the fresh measure a stop waits for.
+        if not s.dry_run and self.suspend.pause_for(first, r, now):
+            return
+        if not may:  # the cooldown after a stop holds back stopping, not pausing
             return
         if self._last_critical_evict is None or now - self._last_critical_evict >= s.cooldown_s:
             reason = ",".join(self.state.crossed()) or "pool"
@@ -812,6 +840,8 @@ class Coordinator:
             self.events.write("stop.avoided", "info", **policy.summarize(r))
             return
         now = self.clock()
+        if not s.dry_run and self.suspend.pause_for(need, r, now):
+            return  # paused instead of stopped: no work lost
         candidates = self.pool.candidates(self.use_pss, now, s.stop_pending_s)
         victims = policy.choose_victims(candidates, need.bytes, s.victim_policy)
         decision = {
@@ -873,6 +903,7 @@ class Coordinator:
             try:
                 await self.step()
                 await self._sweep_cgroups()
+                self.lifecycle.tick()
             except Exception:  # the monitor must never die
                 log.exception("monitor step failed")
 
@@ -945,6 +976,13 @@ class Coordinator:
             },
         }
         out.update(self.pool.status(self.wall()))
+        self.suspend.annotate(out["agents"], now)
+        out["waiting"] = self.admission.status(self.wall())
+        out["coordinator"]["pause"] = {
+            "enabled": s.pause.enabled,
+            "max_pause_s": s.pause.max_pause_s,
+            "paused": len(self.suspend.paused()),
+        }
         return out
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -1069,6 +1107,8 @@ _HANDLERS: dict[type, Callable[[Coordinator, _Conn, Any], None]] = {
     p.Cleanup: Coordinator._on_cleanup,
     p.Heap: Coordinator._on_heap,
     p.Error: Coordinator._on_error,
+    p.Admit: lambda coord, conn, msg: coord.admission.request(conn, msg),
+    p.Shutdown: lambda coord, conn, msg: coord.lifecycle.on_shutdown(conn, msg),
 }
 
 

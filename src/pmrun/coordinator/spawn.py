@@ -49,6 +49,7 @@ def spawn_coordinator(
     argv = argv or coordinator_argv(socket_path)
     child_env = dict(os.environ if env is None else env)
     child_env.pop("PMRUN_AGENT_ID", None)  # the daemon belongs to no agent
+    child_env["PMRUN_ON_DEMAND"] = "1"  # exits by itself when idle (coordinator.lifecycle)
     null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         pid = os.fork()

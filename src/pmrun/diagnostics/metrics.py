@@ -155,6 +155,14 @@ def metrics_of(status: dict[str, Any]) -> Iterator[Metric]:
         ),
     )
 
+    yield from _labelled(
+        "pmrun_agent_paused_seconds",
+        "Seconds the agent has been paused (0 while running)",
+        ["agent", "name"],
+        (([str(a.get("id")), str(a.get("name"))], a.get("paused_s") or 0) for a in agents),
+    )
+    yield from _gauge("pmrun_agents_waiting", "Launchers waiting for memory before start",
+                      len(status.get("waiting") or []))  # fmt: skip
     services = [s for a in agents for s in a.get("services") or []] + list(
         status.get("services") or []
     )

@@ -174,6 +174,8 @@ def agent_rows(status: Status, *, sort_by_rss: bool = False) -> list[tuple[str, 
     rows: list[tuple[str, list[str]]] = []
     for a in agents:
         state = str(a.get("state", "?"))
+        if a.get("paused_s") is not None and state == "paused":
+            state = f"paused {format_age(a['paused_s'])}"
         if a.get("stop_reason"):
             state += f" ({a['stop_reason']})"
         rows.append(
@@ -193,6 +195,12 @@ def agent_rows(status: Status, *, sort_by_rss: bool = False) -> list[tuple[str, 
             )
         )
         rows.extend(_service_rows(a.get("services") or [], now))
+    for wt in status.get("waiting") or []:  # launchers waiting before start
+        state = f"waiting {format_age(wt.get('waiting_s'))}, {wt.get('ahead', 0)} ahead"
+        rows.append(
+            ("agent", [str(wt.get("name", "?")), str(wt.get("pid", "?")),
+                       f"({_size(wt.get('expect_bytes'))})", "", "", "", "", "", state])
+        )  # fmt: skip
     loose = status.get("services") or []
     if loose:
         rows.append(("agent", ["(no agent)", "", "", "", "", "", "", "", ""]))

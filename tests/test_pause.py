@@ -1,0 +1,270 @@
+"""Pause before kill, end to end: real launchers, real agents, a real coordinator.
+
+Two agents cross a small pool: the newest one that grows is frozen (SIGSTOP of its tree
+on the sampling backend, the v1 freezer on the cgroup backend), resumed once the other
+ends, and then finishes its work correctly. Around that: a runaway is stopped rather than
+paused, ``--no-pause`` is honoured, ``--max-pause`` falls back to a stop, and a
+coordinator killed while an agent is paused leaves it running, not frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator_fixtures import PYTHON, Daemon, procs, sockdir, wait_until  # noqa: F401
+
+PMRUN = str(Path(sys.executable).parent / "pmrun")
+MIB = 1 << 20
+
+pytestmark = pytest.mark.skipif(not os.path.exists(PMRUN), reason="pmrun is not installed")
+
+# Allocates MB in 10 MiB chunks (chunk i filled with i % 251), STEP_S apart; prints GOT
+# after each; then checks every byte, waits for HOLD (a path, or "-") and exits 0 if the
+# data is intact. A runaway variant (RUNAWAY=1) ignores SIGTERM for a while, so that it
+# is seen over its own limit.
+AGENT = r"""
+import os, signal, sys, time
+mb, step_s, hold = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if os.environ.get("RUNAWAY") == "1":
+    signal.signal(signal.SIGTERM, lambda *_: None)
+chunk_mb = int(os.environ.get("CHUNK_MB", "10"))
+chunks = []
+for i in range(mb // chunk_mb):
+    chunks.append(bytearray([i % 251]) * (chunk_mb << 20))
+    print("GOT", (i + 1) * chunk_mb, flush=True)
+    time.sleep(step_s)
+print("READY", flush=True)
+while hold != "-" and not os.path.exists(hold):
+    time.sleep(0.02)
+ok = all(c.count(i % 251) == len(c) for i, c in enumerate(chunks))
+print("DONE", "ok" if ok else "corrupt", flush=True)
+sys.exit(0 if ok else 3)
+"""
+
+
+class Agent:
+    """A ``pmrun -- python AGENT`` launcher and the lines it printed."""
+
+    def __init__(self, procs: Any, sock: str, name: str, mb: int, step_s: float, *extra: str,  # noqa: F811
+                 hold: str = "-", backend: str = "sampling", env: dict[str, str] | None = None,
+                 tmp: Path) -> None:  # fmt: skip
+        self.name = name
+        self.report = tmp / f"{name}.json"
+        self.proc = procs.popen(
+            [PMRUN, "--socket", sock, "--name", name, "--backend", backend, "--grace", "2",
+             "--report", str(self.report), *extra, "--", PYTHON, "-c", AGENT, str(mb),
+             str(step_s), hold],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            text=True, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+
+    def got(self) -> int:
+        return max((int(x.split()[1]) for x in self.out if x.startswith("GOT")), default=0)
+
+    def finish(self, timeout: float = 30) -> dict[str, Any]:
+        self.proc.wait(timeout)
+        wait_until(lambda: self.report.exists(), 5, f"{self.name}'s report")
+        return json.loads(self.report.read_text())
+
+
+def daemon(procs: Any, sockdir: Path, *args: str) -> Daemon:  # noqa: F811
+    return Daemon(
+        procs, str(sockdir / "c.sock"), "--pool", "300M", "--psi-threshold", "off",
+        "--system-threshold", "99%", "--cooldown", "0.5", *args,
+    ).start()  # fmt: skip
+
+
+def events(d: Daemon, kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in d.events(kind) if name is None or e.get("name") == name]
+
+
+def tree_states(d: Daemon, name: str) -> set[str]:
+    """The /proc state letters of the agent's command processes."""
+    a = d.agents().get(name)
+    states = set()
+    for pid in [a["child_pid"]] if a else []:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                states.add(f.read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            pass
+    return states
+
+
+def frozen(d: Daemon, name: str, backend: str) -> bool:
+    if backend == "sampling":
+        return tree_states(d, name) == {"T"}
+    a = d.agents().get(name)
+    if not a:
+        return False
+    with open(f"/proc/{a['child_pid']}/cgroup") as f:
+        line = next(x for x in f if ":freezer:" in x)
+    path = "/sys/fs/cgroup/freezer" + line.strip().split(":", 2)[2]
+    with open(os.path.join(path, "freezer.state")) as f:
+        return f.read().strip() == "FROZEN"
+
+
+BACKENDS = ["sampling", pytest.param("cgroup", marks=pytest.mark.skipif(
+    not os.path.exists("/sys/fs/cgroup/freezer") or os.geteuid() != 0,
+    reason="needs a writable v1 freezer"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_newest_grower_is_paused_then_resumed_and_finishes_intact(procs, sockdir, backend):  # noqa: F811
+    d = daemon(procs, sockdir)
+    hold = sockdir / "release-a"
+    a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), backend=backend, tmp=sockdir)
+    wait_until(lambda: "READY" in a.out, 20, "a allocated")
+    wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 10, "a reported")
+    hb = sockdir / "release-b"  # b holds its peak until the test has seen it paused
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(hb), backend=backend, tmp=sockdir)
+
+    wait_until(lambda: d.agents().get("b", {}).get("state") == "paused", 20, "b paused")
+    wait_until(lambda: frozen(d, "b", backend), 10, "b's tree frozen")
+    got = b.got()
+    assert got < 200 and "READY" not in b.out
+    row = d.agents()["b"]
+    assert row["paused_s"] is not None and row["paused_s"] >= 0
+    assert d.agents()["a"]["state"] != "paused"  # one agent always keeps running
+    [pause] = events(d, "agent.pause", "b")
+    assert pause["reason"] == "pool" and pause["growth_bytes"] > 0 and pause["delivered"]
+    assert pause["figures"]["pool_used_bytes"] >= pause["figures"]["pool_limit_bytes"]
+    wait_until(lambda: events(d, "launcher.pause", "b"), 5, "the launcher confirmed the pause")
+    assert not events(d, "stop.sent"), "nobody is stopped while pausing does"
+    wait_until(lambda: any("paused b" in x for x in b.err), 5, "b's launcher said so on stderr")
+
+    hb.touch()  # b, frozen, sees it only once resumed
+    hold.touch()  # a finishes and frees its memory: b resumes
+    assert a.finish()["exit_status"] == 0
+    wait_until(lambda: events(d, "agent.resume", "b"), 20, "b resumed")
+    rb = b.finish()
+    assert rb["exit_status"] == 0 and rb["reason"] == "exit", b.err
+    assert "DONE ok" in b.out
+    assert rb["extra"]["pauses"] == 1 and rb["extra"]["paused_s"] > 0
+    [resume] = events(d, "agent.resume", "b")
+    assert resume["paused_s"] > 0 and resume["why"] == "headroom"
+    assert len([x for x in b.err if "paused b" in x]) == 1
+    assert not events(d, "stop.sent")
+
+
+def test_a_runaway_over_its_own_limit_is_stopped_not_paused(procs, sockdir):  # noqa: F811
+    d = daemon(procs, sockdir)
+    hold = sockdir / "release"
+    a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
+    wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
+    b = Agent(procs, d.socket, "b", 200, 0.25, hold=str(hold), tmp=sockdir)
+    wait_until(lambda: b.got() >= 10, 20, "b growing")  # the pool is crossed ~1.5 s later
+    # r (the newest) jumps past its own --max-rss and ignores SIGTERM for the grace: the
+    # coordinator sees it over its own limit while b takes the pool over.
+    r = Agent(procs, d.socket, "r", 64, 0.0, "--max-rss", "70M", "--warn-rss", "30M",
+              "--grace", "5", hold=str(sockdir / "never"),
+              env={"RUNAWAY": "1", "CHUNK_MB": "64"}, tmp=sockdir)  # fmt: skip
+    rr = r.finish()
+    assert rr["reason"] == "max-rss" and rr["exit_status"] == 137
+    assert any(e["kind"] == "pressure" and e["pressure"] == "critical" for e in d.events())
+    assert not events(d, "agent.pause", "r"), "a runaway is its launcher's to stop"
+    assert not events(d, "stop.sent"), "nobody is stopped by the coordinator"
+    hold.touch()
+    assert a.finish()["exit_status"] == 0
+    assert b.finish()["exit_status"] == 0 and "DONE ok" in b.out
+
+
+def test_no_pause_agent_is_never_paused_the_other_one_is(procs, sockdir):  # noqa: F811
+    d = daemon(procs, sockdir)
+    hold = sockdir / "release-a"
+    a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
+    wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
+    hb = sockdir / "release-b"
+    b = Agent(procs, d.socket, "b", 200, 0.05, "--no-pause", hold=str(hb), tmp=sockdir)
+    wait_until(lambda: events(d, "agent.pause"), 20, "someone paused")
+    assert [e["name"] for e in events(d, "agent.pause")] == ["a"]
+    assert d.agents()["b"]["pausable"] is False
+    hb.touch()
+    rb = b.finish()
+    assert rb["exit_status"] == 0 and rb["extra"]["pauses"] == 0
+    wait_until(lambda: events(d, "agent.resume", "a"), 20, "a resumed once b ended")
+    hold.touch()
+    assert a.finish()["exit_status"] == 0
+    assert not events(d, "stop.sent")
+
+
+def test_coordinator_without_pausing_stops_as_before(procs, sockdir):  # noqa: F811
+    d = daemon(procs, sockdir, "--no-pause")
+    hold = sockdir / "release-a"
+    a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
+    wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(hold), tmp=sockdir)
+    wait_until(lambda: events(d, "stop.sent"), 20, "a stop")
+    assert not events(d, "agent.pause")
+    hold.touch()
+    reasons = [a.finish()["reason"], b.finish()["reason"]]
+    assert "pool" in reasons  # today's behaviour: someone is stopped
+
+
+def test_max_pause_falls_back_to_stopping_the_one_that_frees_the_most(procs, sockdir):  # noqa: F811
+    d = daemon(procs, sockdir, "--max-pause", "1")
+    a = Agent(procs, d.socket, "a", 190, 0.0, hold=str(sockdir / "never"), tmp=sockdir)
+    wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 180 * MIB, 20, "a reported")
+    hb = sockdir / "release-b"
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(hb), tmp=sockdir)
+    wait_until(lambda: events(d, "agent.pause", "b"), 20, "b paused")
+    hb.touch()
+    ra = a.finish()  # a never ends by itself: after --max-pause the largest is stopped
+    assert ra["reason"] == "pool" and ra["exit_status"] == 137
+    [decision] = d.events("stop.decision")
+    assert [v["name"] for v in decision["victims"]] == ["a"]
+    assert decision["ts"] >= events(d, "agent.pause", "b")[0]["ts"] + 1.0
+    rb = b.finish()
+    assert rb["exit_status"] == 0 and "DONE ok" in b.out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_coordinator_killed_while_paused_leaves_the_agent_running(procs, sockdir, backend):  # noqa: F811
+    d = daemon(procs, sockdir)
+    hold = sockdir / "release-a"
+    a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), backend=backend, tmp=sockdir)
+    wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
+    hb = sockdir / "release-b"
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(hb), backend=backend, tmp=sockdir)
+    wait_until(lambda: d.agents().get("b", {}).get("state") == "paused", 20, "b paused")
+    wait_until(lambda: frozen(d, "b", backend), 10, "b's tree frozen")
+    assert not any(x.startswith("DONE") for x in b.out)  # frozen: it cannot finish
+    hb.touch()
+    d.kill()  # SIGKILL: no chance to resume anyone itself
+    rb = b.finish()  # b's launcher resumed it when the link dropped: it completes
+    assert rb["exit_status"] == 0 and "DONE ok" in b.out
+    assert any("coordinator connection lost" in x for x in b.err), b.err
+    hold.touch()
+    assert a.finish()["exit_status"] == 0
+
+
+def test_a_paused_agent_asked_to_end_is_resumed_so_that_it_can(procs, sockdir):  # noqa: F811
+    d = daemon(procs, sockdir)
+    hold = sockdir / "release-a"
+    a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
+    wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
+    b = Agent(procs, d.socket, "b", 200, 0.05, hold=str(sockdir / "never"), tmp=sockdir)
+    wait_until(lambda: frozen(d, "b", "sampling"), 20, "b's tree frozen")
+    b.proc.terminate()  # forwarded to the command, which a stopped tree could not act on
+    rb = b.finish()
+    assert rb["reason"] == "signal" and rb["signal"] == 15
+    assert any("resumed b" in x and "(signal)" in x for x in b.err), b.err
+    hold.touch()
+    assert a.finish()["exit_status"] == 0
