@@ -158,6 +158,7 @@ class Launcher:
         self._main_thread = _thread.get_ident()
         self._recorder: Any = None
         self._link: Any = None
+        self.report: ExitReport | None = None  # once the command has run and ended
         self._early_events: list[tuple[str, dict[str, Any]]] = []  # before the link existed
         self._pid_known = _thread.allocate_lock()  # released once the command runs
         self._pid_known.acquire()

@@ -155,4 +155,7 @@ coordinator_group = _CoordinatorGroup(
     + "\n\n`pmrun coordinator stop` stops it cleanly; `pmrun coordinator status` says whether"
     " one runs (exit 0) or not (exit 3).",
     commands={"stop": stop_command, "status": status_command},
+    epilog=(_daemon.epilog or "")
+    + "\n  pmrun coordinator status --json                # 0 running, 3 not"
+    + "\n  pmrun coordinator stop                         # agents keep their own limits",
 )

@@ -290,10 +290,11 @@ def launch_main(args: list[str]) -> int:
             )
         launcher = Launcher(parsed.command, build_settings(parsed))
         code = launcher.run()
-        if launcher.report.reason == "signal" and launcher.report.signal:
+        report = launcher.report  # None when the command never started (--wait-expired exit)
+        if report is not None and report.reason == "signal" and report.signal:
             from .._signals import die_by
 
-            die_by(launcher.report.signal)  # as the command died: a shell loop stops on ^C
+            die_by(report.signal)  # as the command died: a shell loop stops on ^C
         return code
     except (CommandNotFound, CommandNotExecutable) as e:
         return _fail(str(e), e.exit_code)
