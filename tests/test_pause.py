@@ -173,9 +173,12 @@ def test_a_runaway_over_its_own_limit_is_stopped_not_paused(procs, sockdir):  # 
     wait_until(lambda: b.got() >= 10, 20, "b growing")  # the pool is crossed ~1.5 s later
     # r (the newest) jumps past its own --max-rss and ignores SIGTERM for the grace: the
     # coordinator sees it over its own limit while b takes the pool over.
-    r = Agent(procs, d.socket, "r", 64, 0.0, "--max-rss", "70M", "--warn-rss", "30M",
+    # 100 MiB in one step plus the interpreter's few MiB of anonymous memory: past its own
+    # 100M, but under the 110% that would end the grace at once (as pmrun counts: anonymous
+    # memory, not the interpreter's file pages).
+    r = Agent(procs, d.socket, "r", 100, 0.0, "--max-rss", "100M", "--warn-rss", "30M",
               "--grace", "5", hold=str(sockdir / "never"),
-              env={"RUNAWAY": "1", "CHUNK_MB": "64"}, tmp=sockdir)  # fmt: skip
+              env={"RUNAWAY": "1", "CHUNK_MB": "100"}, tmp=sockdir)  # fmt: skip
     rr = r.finish()
     assert rr["reason"] == "max-rss" and rr["exit_status"] == 137
     assert any(e["kind"] == "pressure" and e["pressure"] == "critical" for e in d.events())
