@@ -235,6 +235,9 @@ class Demo:
             # Only the pool decides here: other programs' memory pressure on this machine
             # (PSI) must not make the demo stop someone for another reason.
             "PMRUN_PSI_THRESHOLD": "off",
+            # The grower is paused first (pause before kill); it cannot fit however long it
+            # waits, so after a short pause it is the one stopped.
+            "PMRUN_MAX_PAUSE": "2",
             "PYTHONUNBUFFERED": "1",
         }
         self.tail = EventTail(self.events_path)
@@ -420,6 +423,14 @@ class Demo:
                 f" (reason {e.get('reason')}, {format_size(int(e.get('needed_bytes') or 0))}"
                 f" to free, policy {e.get('policy')}, counted by {e.get('counted')})"
             )
+        elif kind == "agent.pause":
+            say(
+                f"{self.elapsed()} still over after evicting: pause {e.get('name')} "
+                f"({format_size(int(e.get('bytes') or 0))}, the one growing) instead of stopping"
+                f" anyone; it may wait up to {self.env['PMRUN_MAX_PAUSE']} s for memory"
+            )
+        elif kind == "agent.resume":
+            say(f"{self.elapsed()} resume {e.get('name')} ({e.get('why') or 'headroom'})")
         elif kind == "agent.deregister":
             report = e.get("report") or {}
             say(
@@ -522,7 +533,11 @@ class Demo:
             if e.get("kind") == "agent.register":
                 self.narrate(e)
         self.show_fleet(doc)
-        step(2, "coder grows: the pool tightens, the cache sheds first, then one agent is stopped")
+        step(
+            2,
+            "coder grows: the pool tightens, the cache sheds first, the grower is paused,"
+            " then stopped as it cannot fit",
+        )
         self.tighten()
         self.check()
         # The pressure level is left on the coordinator's next pass: wait for it, so that
