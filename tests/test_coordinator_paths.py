@@ -124,3 +124,43 @@ def test_an_endpoint_restores_its_socket_and_lock_or_yields_to_another_coordinat
     finally:
         ep.close()
     assert not os.path.exists(sock)
+
+
+def test_a_daemon_finding_a_live_holder_gives_way_and_never_takes_over(tmp_path):
+    """Launchers starting at the same instant spawn several daemons: the one that loses the
+    lock to a live coordinator must give way at once, not wait and take over when that one
+    stops (a coordinator stopped by `pmrun coordinator stop` would come back)."""
+    import subprocess
+    import sys
+    import threading
+
+    from pmrun.coordinator import endpoint
+
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    sock = str(d / "c.sock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pmrun.coordinator import endpoint;"
+         f" endpoint.acquire_lock({sock!r}); print('HELD', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "HELD"
+        outcome: list[object] = []
+
+        def contend() -> None:
+            try:
+                outcome.append(endpoint.acquire_lock(sock, wait_s=30))
+            except endpoint.AlreadyRunning as e:
+                outcome.append(e)
+
+        t = threading.Thread(target=contend)
+        t.start()
+        holder.stdin.close()  # the holder stops (while a contender may still be waiting)
+        holder.wait(10)
+        t.join(40)
+        assert len(outcome) == 1 and isinstance(outcome[0], endpoint.AlreadyRunning), outcome
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()

@@ -51,8 +51,12 @@ def acquire_lock(socket_path: str, wait_s: float = LOCK_WAIT_S) -> int:
             st = os.fstat(fd)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _holder_pid(fd)
             os.close(fd)
-            if time.monotonic() >= deadline:
+            # Held by a live coordinator (its pid is in the file): give way at once, so that
+            # a daemon started at the same instant cannot take over when that one stops. A
+            # launcher's brief look (lock_held) leaves the file as it was: wait it out.
+            if (holder is not None and _alive(holder)) or time.monotonic() >= deadline:
                 raise AlreadyRunning(socket_path) from None
             time.sleep(0.02)
             continue
@@ -65,6 +69,25 @@ def acquire_lock(socket_path: str, wait_s: float = LOCK_WAIT_S) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _holder_pid(fd: int) -> int | None:
+    """The pid the lock's holder wrote into it, if any."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
 
 
 _READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a planted FIFO: no hang
