@@ -169,16 +169,15 @@ def test_a_runaway_over_its_own_limit_is_stopped_not_paused(procs, sockdir):  # 
     hold = sockdir / "release"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
     wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
-    b = Agent(procs, d.socket, "b", 200, 0.25, hold=str(hold), tmp=sockdir)
-    wait_until(lambda: b.got() >= 10, 20, "b growing")  # the pool is crossed ~1.5 s later
-    # r (the newest) jumps past its own --max-rss and ignores SIGTERM for the grace: the
-    # coordinator sees it over its own limit while b takes the pool over.
-    # 100 MiB in one step plus the interpreter's few MiB of anonymous memory: past its own
-    # 100M, but under the 110% that would end the grace at once (as pmrun counts: anonymous
-    # memory, not the interpreter's file pages).
+    # r jumps past its own --max-rss (100 MiB in one step plus the interpreter's few MiB of
+    # anonymous memory, under the 110% that would end the grace at once) and ignores SIGTERM
+    # for its grace: the coordinator must see it over its own limit, then b takes the pool
+    # over while r is still there.
     r = Agent(procs, d.socket, "r", 100, 0.0, "--max-rss", "100M", "--warn-rss", "30M",
-              "--grace", "5", hold=str(sockdir / "never"),
+              "--grace", "10", hold=str(sockdir / "never"),
               env={"RUNAWAY": "1", "CHUNK_MB": "100"}, tmp=sockdir)  # fmt: skip
+    wait_until(lambda: d.agents().get("r", {}).get("rss_bytes", 0) >= 100 * MIB, 30, "r over")
+    b = Agent(procs, d.socket, "b", 200, 0.25, hold=str(hold), tmp=sockdir)
     rr = r.finish()
     assert rr["reason"] == "max-rss" and rr["exit_status"] == 137
     assert any(e["kind"] == "pressure" and e["pressure"] == "critical" for e in d.events())
