@@ -46,11 +46,10 @@ def freeze_method(backend: Backend) -> str:
 
 
 def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+    # Only a cgroup backend freezes through files, and it has imported pmrun.cgroups already.
+    from .cgroups._group import write_file
+
+    write_file(path, text)
 
 
 def _sigstop_tree(backend: Backend) -> int:
