@@ -369,7 +369,7 @@ def test_status_reflects_pressure_and_is_json(controller):
 
 def test_kill_orphans_checks_start_time_age_and_uid(procs):  # noqa: F811
     from pmrun import _procfs
-    from pmrun.coordinator.server import kill_orphans
+    from pmrun.coordinator.orphans import kill_orphans
 
     victim = procs.popen(["sleep", "60"])
     start = wait_until(lambda: _procfs.start_time(victim.pid), 5, "started")

@@ -28,16 +28,16 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import _procfs, cgroups
 from ..errors import PmrunError, SocketSecurityError
 from ..events import EventLog, launcher_event_level
-from . import lifecycle, paths, policy
+from . import lifecycle, orphans, paths, policy
 from . import protocol as p
 from .admission import Admission
 from .endpoint import AlreadyRunning, Endpoint, reopen_log_if_deleted
+from .orphans import kill_orphans
 from .policy import Level
 from .pool import (
     PSS_ZONE,
@@ -46,83 +46,12 @@ from .pool import (
     ServiceEntry,
     measure_pss,
 )
+from .settings import CoordinatorSettings
 from .suspend import Suspender
 
 log = logging.getLogger("pmrun.coordinator")
 
 _PEERCRED = struct.Struct("3i")
-_PF_EXITING = 0x4  # task flag in /proc/PID/stat: the process is exiting
-
-
-@dataclass(frozen=True)
-class CoordinatorSettings:
-    """Everything the daemon needs. Sizes in bytes, times in seconds, fractions in [0, 1]."""
-
-    socket_path: str
-    pool_bytes: int = 2 << 30  # --pool; 0 = no pool limit
-    system_threshold: float = 0.80  # --system-threshold, fraction of (container) memory used
-    psi_threshold: float | None = 0.10  # --psi-threshold on "some avg10"; None = ignore PSI
-    evict_fraction: float = 0.75  # --evict-fraction, asked at the critical level
-    victim_policy: str = "largest"  # --victim-policy
-    events_path: str = ""  # --events; "" = events.jsonl next to the socket
-    dry_run: bool = False  # log what would be stopped, stop nothing
-    settle_s: float = 0.5  # how long a broadcast waits for the services' answers
-    cooldown_s: float = 5.0  # after a stop, before stopping more (unless hard_ratio is crossed)
-    hard_ratio: float = policy.HARD_RATIO
-    tick_s: float = 0.5  # longest monitor sleep, with headroom (policy.next_tick_s)
-    tick_min_s: float = 0.1  # shortest, near the thresholds
-    pss_interval_s: float = 1.0  # PSS is read at most this often (and right before acting)
-    stop_pending_s: float = 15.0  # a stopped agent's memory counts as "being freed" this long
-    socket_check_s: float = 1.0  # how often the daemon checks its socket path still leads here
-    handshake_timeout_s: float = 10.0  # a new connection must send a frame by then
-    frame_timeout_s: float = 10.0  # an incomplete frame must be completed by then
-    max_connections: int = 1024
-    max_write_buffer: int = 4 << 20  # bytes queued to a peer that does not read, then dropped
-    max_bad_frames: int = 10  # answered with errors, then the connection is dropped
-    max_services_per_connection: int = 64  # a process registers one handler per cache
-    max_requests_per_connection: int = 4  # cleanup/heap requests in flight, then "busy"
-    heap_timeout_s: float = 10.0  # services walk their heaps for up to 4 s (client.HEAP_BUDGET_S)
-    orphan_sweep_s: float = 5.0  # pmrun.cgroups.cleanup_orphans() at most this often
-    oom_score_adj: int = -500  # written when root: the kernel's OOM killer spares us
-    metrics_port: int | None = None  # --metrics-port: serve Prometheus metrics; None = off
-    metrics_host: str = "127.0.0.1"  # this host only by default: the labels name agents
-    hysteresis: policy.Hysteresis = field(default_factory=policy.Hysteresis)
-    pause: policy.PauseSettings = field(default_factory=policy.PauseSettings)  # pause before kill
-    idle_exit_s: float | None = None  # --idle-exit: exit after this long with no agent
-    proc: str = _procfs.PROC
-    cgroup_root: str = ""  # a prefix before every cgroup mount point (tests: a fake tree)
-
-    @property
-    def events_file(self) -> str:
-        return self.events_path or paths.default_events_path(self.socket_path)
-
-    @classmethod
-    def from_config(cls, config: Any, **overrides: Any) -> CoordinatorSettings:
-        """Settings from a resolved :class:`pmrun.config.Config`, then ``overrides``."""
-        values: dict[str, Any] = {
-            "socket_path": paths.resolve_socket_path(config["coordinator.socket"]),
-            "pool_bytes": config["coordinator.pool"],
-            "system_threshold": config["coordinator.system-threshold"],
-            "psi_threshold": config["coordinator.psi-threshold"],
-            "evict_fraction": config["coordinator.evict-fraction"],
-            "victim_policy": config["coordinator.victim-policy"],
-            "events_path": config["coordinator.events"],
-            "dry_run": config["coordinator.dry-run"],
-            "cooldown_s": config["coordinator.cooldown"],
-            "settle_s": config["coordinator.settle"],
-            "metrics_port": config["coordinator.metrics-port"] or None,
-            "idle_exit_s": lifecycle.idle_exit_s(config),
-            "pause": policy.PauseSettings(
-                enabled=config["coordinator.pause"], max_pause_s=config["coordinator.max-pause"]
-            ),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def public(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["events_path"] = self.events_file
-        return d
 
 
 class _Conn(asyncio.Protocol):
@@ -306,7 +235,7 @@ class Coordinator:
         if len(self.conns) >= self.settings.max_connections:
             conn.fail("busy", f"too many connections ({self.settings.max_connections})")
             return
-        conn.pid_start = _start_time(conn.pid, self.settings.proc)
+        conn.pid_start = orphans.start_time(conn.pid, self.settings.proc)
         self.conns[conn.id] = conn
         conn._arm_timer()
 
@@ -334,12 +263,12 @@ class Coordinator:
         launcher that still looks alive is looked at again for a moment.
         """
         proc = self.settings.proc
-        alive = _alive(pid, start, proc)
+        alive = orphans.alive(pid, start, proc)
         for delay in (0.02, 0.05, 0.1, 0.2):
             if not alive:
                 break
             await asyncio.sleep(delay)
-            alive = _alive(pid, start, proc)
+            alive = orphans.alive(pid, start, proc)
         killed: list[int] = []
         # A peer outside our pid namespace shows as pid 0 (or without a readable start
         # time): its pids are not ours to interpret, so nothing is killed for it.
@@ -1118,56 +1047,6 @@ def _severity(level: str) -> str:
 
 def _int_or_none(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def _start_time(pid: int, proc: str) -> int | None:
-    try:
-        return _procfs.start_time(pid, proc)
-    except (_procfs.ProcessGone, OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int, start: int | None, proc: str) -> bool:
-    """Whether ``pid`` is still the process that started at ``start`` and not a zombie."""
-    if pid <= 0:
-        return False
-    try:
-        fields = _procfs.stat(pid, proc)
-    except (_procfs.ProcessGone, OSError):
-        return False
-    if fields[2] in ("Z", "X", "x"):
-        return False
-    if int(fields[8]) & _PF_EXITING:
-        return False
-    return start is None or int(fields[21]) == start
-
-
-def kill_orphans(
-    pids: list[list[int]], uid: int, not_before: int | None, proc: str = _procfs.PROC
-) -> list[int]:
-    """SIGKILL the reported tree pids of a dead launcher that are still the same processes.
-
-    A pid is killed only if its start time still matches the reported one (no pid reuse),
-    it is not older than the launcher (``not_before``, in ticks), and it belongs to the
-    agent's ``uid``. These are the only pids the coordinator ever signals itself.
-    """
-    me = os.getpid()
-    killed: list[int] = []
-    for pid, start in pids:
-        if pid in (0, 1, me):
-            continue
-        try:
-            if _procfs.start_time(pid, proc) != start:
-                continue
-            if not_before is not None and start < not_before:
-                continue
-            if _procfs.uid(pid, proc) != uid:
-                continue
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        except (_procfs.ProcessGone, ProcessLookupError, PermissionError, OSError, ValueError):
-            continue
-    return killed
 
 
 # -- running the daemon ------------------------------------------------------------------
