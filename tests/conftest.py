@@ -20,54 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from coordinator_fixtures import Procs
+from pmrun.demo import pids_with_token
+
 VENV_BIN = Path(sys.executable).parent
 PMRUN = str(VENV_BIN / "pmrun")
 PYTHON = sys.executable
-# Deadlines stretch where everything runs slower (PMRUN_TEST_TIME_SCALE=10 in the v2 lane's
-# emulated guest, see scripts/test-v2); read at import, before isolated_env clears PMRUN_*.
-TIME_SCALE = float(os.environ.get("PMRUN_TEST_TIME_SCALE") or 1)
-
-
-def _pids_with_token(token: str) -> list[int]:
-    needle = f"PMRUN_TEST_TOKEN={token}".encode()
-    me = os.getpid()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in env and state not in (b"Z", b"X"):
-            found.append(int(name))
-    return found
-
-
-def wait_for(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
-) -> object:
-    """Poll ``predicate`` until it is truthy; fail the test at the deadline."""
-    timeout *= TIME_SCALE
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(autouse=True)
@@ -85,10 +43,10 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield runtime
     # A process killed just before teardown may still be exiting: give it a moment.
     deadline = time.monotonic() + 3
-    leaked = _pids_with_token(token)
+    leaked = pids_with_token(token, "PMRUN_TEST_TOKEN")
     while leaked and time.monotonic() < deadline:
         time.sleep(0.02)
-        leaked = _pids_with_token(token)
+        leaked = pids_with_token(token, "PMRUN_TEST_TOKEN")
     descriptions = []
     for pid in leaked:
         try:
@@ -104,6 +62,27 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(runtime, ignore_errors=True)
     if leaked:
         pytest.fail("processes left behind: " + "; ".join(descriptions))
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    """Every process the test starts through it: killed, reaped and checked gone by pid."""
+    owner = Procs()
+    try:
+        yield owner
+    finally:
+        owner.cleanup()
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short private directory (AF_UNIX paths are limited to 107 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="pmc", dir="/tmp"))
+    os.chmod(d, 0o700)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

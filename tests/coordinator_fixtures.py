@@ -21,50 +21,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import agent_info, pid_alive, wait_until
+
 PYTHON = sys.executable
+PMRUN = str(Path(PYTHON).parent / "pmrun")
 THIS = str(Path(__file__).resolve())
 MIB = 1 << 20
-
-
-# Deadlines stretch where everything runs slower (PMRUN_TEST_TIME_SCALE=10 in the v2 lane's
-# emulated guest, see scripts/test-v2); read at import, before isolated_env clears PMRUN_*.
-TIME_SCALE = float(os.environ.get("PMRUN_TEST_TIME_SCALE") or 1)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll ``predicate`` until truthy; fail the test at the deadline."""
-    timeout *= TIME_SCALE
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what or predicate}")
-        time.sleep(0.01)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 def coordinator_pids(socket_path: str) -> list[int]:
@@ -119,28 +95,6 @@ class Procs:
             time.sleep(0.01)
         left = [p for p in every if pid_alive(p)]
         assert not left, f"processes still alive after teardown: {left}"
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    owner = Procs()
-    try:
-        yield owner
-    finally:
-        owner.cleanup()
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short private directory (AF_UNIX paths are limited to 107 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="pmc", dir="/tmp"))
-    os.chmod(d, 0o700)
-    try:
-        yield d
-    finally:
-        import shutil
-
-        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- a real coordinator in a subprocess -------------------------------------------------
@@ -270,6 +224,37 @@ class FakeLauncher:
         return int(self.wait_line("CHILD"))
 
 
+class PmrunAgent:
+    """A real ``pmrun [OPTIONS] -- COMMAND`` launcher writing its report under ``tmp``, and
+    the lines its agent printed (``out``) and it said on stderr (``err``)."""
+
+    def __init__(self, procs: Procs, sock: str, name: str, command: list[str], *options: str,
+                 tmp: Path, env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.name = name
+        self.report = tmp / f"{name}.json"
+        self.proc = procs.popen(
+            [PMRUN, "--socket", sock, "--name", name, "--report", str(self.report), *options,
+             "--", *command],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            text=True, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+
+    def finish(self, timeout: float = 30) -> dict[str, Any]:
+        """Wait for the launcher to exit; its report."""
+        self.proc.wait(timeout)
+        wait_until(lambda: self.report.exists(), 5, f"{self.name}'s report")
+        return json.loads(self.report.read_text())
+
+
 # Code run by the fake launcher's child: allocate, optionally hold a cache behind a
 # cleanup handler, then sleep. It dies with its parent (PR_SET_PDEATHSIG).
 CHILD_CODE = r"""
@@ -329,19 +314,10 @@ def fake_launcher_main(argv: list[str] | None = None) -> int:
         order.append((reason, detail))
         wake.set()
 
-    info = {
-        "agent_id": agent_id,
-        "name": args.name,
-        "launcher_pid": os.getpid(),
-        "child_pid": child.pid,
-        "uid": os.geteuid(),
-        "argv": ["fake", args.name],
-        "max_rss": 1 << 30,
-        "warn_rss": 512 << 20,
-        "priority": args.priority,
-        "backend": {"name": "sampling", "reason": "fake launcher"},
-        "started": time.time(),
-    }
+    info = agent_info(
+        args.name, agent_id=agent_id, child_pid=child.pid, argv=["fake", args.name],
+        priority=args.priority, backend={"name": "sampling", "reason": "fake launcher"},
+    )  # fmt: skip
     link = AgentLink(args.socket, info, on_stop, respawn_after_s=None)
     link.start()
     signal.signal(signal.SIGTERM, lambda *_: wake.set())
@@ -427,17 +403,6 @@ class InProcess:
         self.sock.close()
         with contextlib.suppress(OSError):
             os.unlink(self.settings.socket_path)
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def fake_proc(

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from coordinator_fixtures import PYTHON, Daemon, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import PMRUN, PYTHON, Daemon, PmrunAgent, Procs
+from helpers import wait_until
 from pmrun.coordinator.policy import Waiting, admit, learned_peak
 
-PMRUN = str(Path(sys.executable).parent / "pmrun")
 MIB = 1 << 20
 
 
@@ -79,32 +75,20 @@ while not os.path.exists(sys.argv[2]):
 pytestmark = pytest.mark.skipif(not os.path.exists(PMRUN), reason="pmrun is not installed")
 
 
-class Agent:
-    def __init__(self, procs: Any, sock: str, name: str, mb: int, hold: Path, *extra: str,  # noqa: F811
-                 tmp: Path) -> None:  # fmt: skip
-        self.report = tmp / f"{name}.json"
-        self.proc = procs.popen(
-            [PMRUN, "--socket", sock, "--name", name, "--backend", "sampling",
-             "--report", str(self.report), *extra, "--", PYTHON, "-c", AGENT, str(mb),
-             str(hold)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        self.out: list[str] = []
-        self.err: list[str] = []
-        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._read, args=(stream, sink), daemon=True).start()
+class Agent(PmrunAgent):
+    """``pmrun -- python AGENT MB HOLD`` on the sampling backend."""
 
-    @staticmethod
-    def _read(stream: Any, sink: list[str]) -> None:
-        for line in stream:
-            sink.append(line.rstrip("\n"))
+    def __init__(self, procs: Procs, sock: str, name: str, mb: int, hold: Path, *extra: str,
+                 tmp: Path) -> None:  # fmt: skip
+        command = [PYTHON, "-c", AGENT, str(mb), str(hold)]
+        super().__init__(procs, sock, name, command, "--backend", "sampling", *extra, tmp=tmp)
 
     @property
     def started(self) -> bool:
         return "STARTED" in self.out
 
 
-def test_third_agent_waits_and_starts_when_the_first_ends(procs, sockdir):  # noqa: F811
+def test_third_agent_waits_and_starts_when_the_first_ends(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "300M", "--psi-threshold", "off",
                "--system-threshold", "99%").start()  # fmt: skip
     holds = [sockdir / f"hold{i}" for i in range(3)]
@@ -130,7 +114,7 @@ def test_third_agent_waits_and_starts_when_the_first_ends(procs, sockdir):  # no
     assert b.proc.wait(20) == 0 and c.proc.wait(20) == 0
 
 
-def test_no_wait_starts_at_once_and_wait_timeout_exit_gives_75(procs, sockdir):  # noqa: F811
+def test_no_wait_starts_at_once_and_wait_timeout_exit_gives_75(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "200M", "--psi-threshold", "off",
                "--system-threshold", "99%").start()  # fmt: skip
     hold = sockdir / "hold"
@@ -147,7 +131,7 @@ def test_no_wait_starts_at_once_and_wait_timeout_exit_gives_75(procs, sockdir): 
     assert a.proc.wait(20) == 0 and eager.proc.wait(20) == 0
 
 
-def test_an_agent_too_big_for_the_pool_starts_alone(procs, sockdir):  # noqa: F811
+def test_an_agent_too_big_for_the_pool_starts_alone(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "100M", "--psi-threshold", "off",
                "--system-threshold", "99%", "--no-pause").start()  # fmt: skip
     hold = sockdir / "hold"
@@ -158,7 +142,7 @@ def test_an_agent_too_big_for_the_pool_starts_alone(procs, sockdir):  # noqa: F8
     assert ev["why"] == "alone"
 
 
-def test_the_expected_size_is_learned_from_the_last_run(procs, sockdir):  # noqa: F811
+def test_the_expected_size_is_learned_from_the_last_run(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "1G", "--psi-threshold", "off",
                "--system-threshold", "99%").start()  # fmt: skip
     hold = sockdir / "hold"

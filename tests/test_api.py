@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 import pmrun
-from conftest import PYTHON, pid_alive, wait_for
+from conftest import PYTHON
+from helpers import pid_alive, wait_until
 
 NOC = {"coordinator": False}
 
@@ -122,7 +123,7 @@ def test_run_timeout_stops_the_whole_tree() -> None:
         pmrun.run(["sh", "-c", script], capture_output=True, text=True, timeout=1, **NOC)
     pids = [int(p) for p in e.value.output.split()]
     assert len(pids) == 2
-    wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=10)
+    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10)
 
 
 def test_kill_reaches_the_command_and_the_report_is_written() -> None:
@@ -159,7 +160,7 @@ def test_no_file_left_behind_and_no_fd_leaked(
         if ending == "wait":
             assert agent.wait(30) == 4 and agent.report is not None
         elif ending == "poll":
-            wait_for(lambda: agent.poll() is not None, timeout=30)
+            wait_until(lambda: agent.poll() is not None, timeout=30)
             assert agent.report is not None and agent.report["exit_status"] == 4
         elif ending == "kill":
             agent.kill()
@@ -168,7 +169,7 @@ def test_no_file_left_behind_and_no_fd_leaked(
             agent._popen.wait(30)  # ends, but no one asks pmrun's handle
         agent_pid = agent.launcher_pid
         del agent
-        wait_for(lambda: not pid_alive(agent_pid), timeout=30)
+        wait_until(lambda: not pid_alive(agent_pid), timeout=30)
     import gc
 
     gc.collect()

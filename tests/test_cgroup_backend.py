@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import prctl
 import pytest
 
-from conftest import PMRUN, PYTHON, pid_alive, wait_for
+from conftest import PMRUN, PYTHON
+from helpers import pid_alive, wait_until
 from pmrun import _spawn, cgroups
 from pmrun.backends.cgroup import CgroupBackend, create_cgroup_backend, kernel_limit_bytes
 from pmrun.errors import CgroupError, PmrunError
@@ -116,7 +117,7 @@ class Launcher:
             self.reap()
             return pid in self.statuses
 
-        wait_for(done, timeout)
+        wait_until(done, timeout)
         return self.statuses[pid]
 
     def close(self) -> None:
@@ -152,7 +153,7 @@ def ready_file(tmp_path: Path, name: str = "ready") -> Path:
 
 
 def wait_file(path: Path, timeout: float = 20) -> str:
-    wait_for(lambda: path.exists() and path.read_text().strip(), timeout)
+    wait_until(lambda: path.exists() and path.read_text().strip(), timeout)
     return path.read_text().strip()
 
 
@@ -356,7 +357,7 @@ def test_v2_memory_events_wake_the_launcher(launcher: Launcher, tmp_path: Path) 
     assert fd is not None
     ready = ready_file(tmp_path)
     pid = launcher.python(b, HOLD_OVER_HIGH, str(ready))
-    wait_for(lambda: select.select([fd], [], [], 0.5)[0], timeout=300)
+    wait_until(lambda: select.select([fd], [], [], 0.5)[0], timeout=300)
     assert os.eventfd_read(fd) >= 1
     assert b.memory_events()["high"] > 0
     os.kill(pid, signal.SIGKILL)
@@ -378,7 +379,7 @@ def test_v2_group_psi_trigger_fires_when_the_agent_stalls(
     try:
         assert w.active, w.error
         pid = launcher.python(b, HOLD_OVER_HIGH, str(ready_file(tmp_path)))
-        wait_for(fired.is_set, timeout=300)
+        wait_until(fired.is_set, timeout=300)
         assert cgroups.group_pressure(b.group.memory_dir) is not None
         os.kill(pid, signal.SIGKILL)
         launcher.wait(pid)
@@ -475,7 +476,7 @@ def test_kill_all_takes_a_setsid_daemon_and_a_fork_loop(launcher: Launcher, tmp_
     pid = launcher.python(b, DAEMON_AND_FORK_LOOP, str(daemon_file))
     daemon = int(wait_file(daemon_file))
     launcher.extra_pids.append(daemon)
-    wait_for(lambda: len(b.pids()) > 20)  # the fork loop is running
+    wait_until(lambda: len(b.pids()) > 20)  # the fork loop is running
     assert daemon in b.pids()
     assert os.getsid(daemon) != os.getsid(pid)  # out of the agent's session: no pgrp kill finds it
     b.kill_all(launcher.reap)
@@ -658,7 +659,7 @@ def test_v2_a_user_in_a_delegated_subtree_gets_cgroups(tmp_path: Path) -> None:
         for leftover in sorted(deleg.glob("**/"), key=lambda p: -len(p.parts)):
             for pid in read_pids_of(leftover):
                 os.kill(pid, signal.SIGKILL)
-            wait_for(lambda d=leftover: not read_pids_of(d), timeout=30)
+            wait_until(lambda d=leftover: not read_pids_of(d), timeout=30)
             leftover.rmdir()
         shutil.rmtree(out)
 
@@ -716,7 +717,7 @@ def test_a_process_in_a_1g_group_sees_1g_of_system_memory(tmp_path: Path) -> Non
         assert out["limit"] == GiB and out["total"] == GiB
         assert out["source"] == f"cgroup v{LAYOUT.version} {box}"
     finally:
-        wait_for(lambda: not cgroups._group.read_pids(box))
+        wait_until(lambda: not cgroups._group.read_pids(box))
         os.rmdir(box)
 
 
@@ -764,7 +765,7 @@ def test_v2_join_and_cgroup_kill_on_the_unified_hierarchy(
     try:
         daemon = int(wait_file(daemon_file))
         launcher.extra_pids.append(daemon)
-        wait_for(lambda: len(group.pids()) > 10)
+        wait_until(lambda: len(group.pids()) > 10)
         assert pid in group.pids() and daemon in group.pids()
         killed = group.kill(launcher.reap)
         assert killed >= 10 and group.pids() == []
@@ -925,7 +926,7 @@ def test_pmrun_sigkilled_with_its_keeper_leaves_an_orphan_the_next_pmrun_cleans(
                 pass
             return not pid_alive(daemon)
 
-        wait_for(reaped)
+        wait_until(reaped)
     finally:
         prctl.set_child_subreaper(0)
         while True:

@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from coordinator_fixtures import Daemon, FakeLauncher, Procs, procs, sockdir, wait_until
+from coordinator_fixtures import Daemon, FakeLauncher, Procs
+from helpers import wait_until
 from pmrun.integrations import claude_pm
-
-__all__ = ["procs", "sockdir"]  # fixtures used by the tests below
 
 REPO = Path(__file__).resolve().parents[1]
 VERSION = "1.4.7"

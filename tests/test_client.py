@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from coordinator_fixtures import PYTHON, InProcess, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import PYTHON, InProcess
+from helpers import wait_until
 from pmrun import client
 from pmrun.client import heap_summary, register_cleanup
 from pmrun.coordinator import query
@@ -20,7 +21,7 @@ MIB = 1 << 20
 
 
 @pytest.fixture
-def coord(sockdir):  # noqa: F811
+def coord(sockdir):
     c = InProcess(CoordinatorSettings(socket_path=str(sockdir / "c.sock"), settle_s=0.5))
     yield c
     c.close()
@@ -132,7 +133,7 @@ def test_an_async_handler_runs_on_the_loop_it_was_registered_from(coord, regs):
         t.join(5)
 
 
-def test_registration_without_a_coordinator_attaches_when_one_starts(sockdir, regs):  # noqa: F811
+def test_registration_without_a_coordinator_attaches_when_one_starts(sockdir, regs):
     path = str(sockdir / "late.sock")
     reg = register_cleanup("early", lambda f: 0, socket=path)  # nothing listens: no error
     regs.append(reg)
@@ -200,7 +201,7 @@ time.sleep(60)
 """
 
 
-def test_heap_request_returns_types_and_tracemalloc_sites(coord, procs):  # noqa: F811
+def test_heap_request_returns_types_and_tracemalloc_sites(coord, procs):
     path = coord.settings.socket_path
     env = {
         **os.environ,

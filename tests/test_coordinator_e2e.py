@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator_fixtures import PYTHON, Daemon, pid_alive, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import PYTHON, Daemon
+from helpers import pid_alive, wait_until
 from pmrun.coordinator import query
 
 PMRUN = str(Path(sys.executable).parent / "pmrun")
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def launch(procs, socket_path: str, name: str, code: str, mb: int, report: Path, *extra: str):  # noqa: F811
+def launch(procs, socket_path: str, name: str, code: str, mb: int, report: Path, *extra: str):
     return procs.popen(
         [PMRUN, "--socket", socket_path, "--max-rss", "1G", "--grace", "1", "--name", name,
          "--report", str(report), *extra, "--", PYTHON, "-c", code, str(mb)],
@@ -49,7 +50,7 @@ def launch(procs, socket_path: str, name: str, code: str, mb: int, report: Path,
     )  # fmt: skip
 
 
-def test_real_launchers_over_a_small_pool_stop_exactly_the_largest(procs, sockdir):  # noqa: F811
+def test_real_launchers_over_a_small_pool_stop_exactly_the_largest(procs, sockdir):
     # --no-pause: this is the stop path (tests/test_pause.py has pausing first).
     d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "300M", "--no-pause").start()
     reports = {n: sockdir / f"{n}.json" for n in ("big", "mid", "small")}
@@ -86,7 +87,7 @@ def test_real_launchers_over_a_small_pool_stop_exactly_the_largest(procs, sockdi
     assert mid_status["services"][0]["agent"] == mid_status["id"]  # counted under its agent
 
 
-def test_a_real_launcher_survives_a_coordinator_sigkill_and_registers_again(procs, sockdir):  # noqa: F811
+def test_a_real_launcher_survives_a_coordinator_sigkill_and_registers_again(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock")).start()
     agent = launch(procs, d.socket, "steady", AGENT, 5, sockdir / "r.json")
     assert agent.stdout.readline().strip() == "READY"
@@ -108,11 +109,11 @@ def _stop_every_coordinator(socket_path: str) -> None:
     """Stop whichever coordinator serves, and one the launcher started on demand that was
     still starting (it gives way to a live one, or serves once none is left): until no
     coordinator of this test is left."""
-    from conftest import _pids_with_token
+    from pmrun.demo import pids_with_token
 
     def ours() -> list[int]:
         found = []
-        for pid in _pids_with_token(os.environ["PMRUN_TEST_TOKEN"]):
+        for pid in pids_with_token(os.environ["PMRUN_TEST_TOKEN"], "PMRUN_TEST_TOKEN"):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     argv = f.read().split(b"\0")
@@ -140,7 +141,7 @@ def _serves_with(d: Daemon, name: str) -> bool:
         return False
 
 
-def test_cleanup_reaches_a_service_inside_a_real_agent(procs, sockdir, run_pmrun):  # noqa: F811
+def test_cleanup_reaches_a_service_inside_a_real_agent(procs, sockdir, run_pmrun):
     d = Daemon(procs, str(sockdir / "c.sock")).start()
     agent = launch(procs, d.socket, "holder", SERVICE_AGENT, 30, sockdir / "r.json")
     assert agent.stdout.readline().strip() == "READY"

@@ -13,14 +13,8 @@ import time
 
 import pytest
 
-from coordinator_fixtures import (  # noqa: F401
-    PYTHON,
-    coordinator_pids,
-    pid_alive,
-    procs,
-    sockdir,
-    wait_until,
-)
+from coordinator_fixtures import PYTHON, coordinator_pids
+from helpers import wait_until
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator import query
 from pmrun.coordinator.link import AgentLink, ensure_coordinator
@@ -101,7 +95,7 @@ def info(name: str = "agent") -> dict:
 
 
 @pytest.fixture
-def fake(sockdir):  # noqa: F811
+def fake(sockdir):
     f = FakeCoordinator(str(sockdir / "c.sock"))
     yield f
     f.close()
@@ -188,7 +182,7 @@ def test_connection_lost_reconnects_with_backoff_and_registers_again(fake):
     link.close({})
 
 
-def test_no_coordinator_never_raises_and_close_is_quick(sockdir):  # noqa: F811
+def test_no_coordinator_never_raises_and_close_is_quick(sockdir):
     link = AgentLink(str(sockdir / "nobody.sock"), info(), lambda r, d: None, respawn_after_s=None)
     link.start()
     for _ in range(1000):
@@ -200,7 +194,7 @@ def test_no_coordinator_never_raises_and_close_is_quick(sockdir):  # noqa: F811
     assert not link.connected
 
 
-def test_close_is_bounded_when_the_coordinator_does_not_answer(sockdir):  # noqa: F811
+def test_close_is_bounded_when_the_coordinator_does_not_answer(sockdir):
     fake = FakeCoordinator(str(sockdir / "c.sock"), ack=False)
     try:
         link = AgentLink(fake.path, info(), lambda r, d: None, respawn_after_s=None)
@@ -228,7 +222,7 @@ def _stop_daemons(path: str) -> None:
     wait_until(lambda: not coordinator_pids(path), 5, "daemons gone")
 
 
-def test_ensure_coordinator_starts_one_detached_daemon_on_demand(sockdir):  # noqa: F811
+def test_ensure_coordinator_starts_one_detached_daemon_on_demand(sockdir):
     path = str(sockdir / "d" / "c.sock")
     try:
         assert ensure_coordinator(path) is False
@@ -249,7 +243,7 @@ def test_ensure_coordinator_starts_one_detached_daemon_on_demand(sockdir):  # no
         _stop_daemons(path)
 
 
-def test_launchers_racing_start_exactly_one_coordinator(sockdir):  # noqa: F811
+def test_launchers_racing_start_exactly_one_coordinator(sockdir):
     path = str(sockdir / "c.sock")
     code = ("import sys; from pmrun.coordinator.link import ensure_coordinator; "
             "print(ensure_coordinator(sys.argv[1]))")  # fmt: skip
@@ -265,7 +259,7 @@ def test_launchers_racing_start_exactly_one_coordinator(sockdir):  # noqa: F811
         _stop_daemons(path)
 
 
-def test_ensure_coordinator_refuses_an_unsafe_directory(sockdir):  # noqa: F811
+def test_ensure_coordinator_refuses_an_unsafe_directory(sockdir):
     (sockdir / "real").mkdir(mode=0o700)
     (sockdir / "link").symlink_to(sockdir / "real")
     with pytest.raises(SocketSecurityError, match="symlink"):
@@ -285,7 +279,7 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
 
 
-def test_close_without_start_releases_everything(sockdir):  # noqa: F811
+def test_close_without_start_releases_everything(sockdir):
     before = len(os.listdir("/proc/self/fd"))
     link = AgentLink(str(sockdir / "c.sock"), info(), lambda r, d: None, respawn_after_s=None)
     link.report(1, 1, [])
@@ -340,7 +334,7 @@ def test_an_agent_that_cannot_be_registered_is_said_once_and_the_link_ends(fake)
     link.close()
 
 
-def test_a_link_that_never_registers_says_so_once_and_keeps_trying(sockdir):  # noqa: F811
+def test_a_link_that_never_registers_says_so_once_and_keeps_trying(sockdir):
     said: list[str] = []
     link = AgentLink(str(sockdir / "nobody.sock"), info(), lambda r, d: None, say=said.append,
                      backoff_s=(0.01, 0.02), respawn_after_s=None, warn_after_s=0.1)  # fmt: skip
@@ -368,7 +362,7 @@ def test_a_coordinator_that_never_answers_the_register_is_said_once(fake):
     assert len(said) == 1 and "has not answered" in said[0]
 
 
-def test_an_acknowledged_register_is_not_warned_about(sockdir):  # noqa: F811
+def test_an_acknowledged_register_is_not_warned_about(sockdir):
     from coordinator_fixtures import InProcess
     from pmrun.coordinator.server import CoordinatorSettings
 

@@ -12,17 +12,8 @@ import time
 
 import pytest
 
-from coordinator_fixtures import (  # noqa: F401 - fixtures
-    Daemon,
-    FakeClock,
-    FakeLauncher,
-    InProcess,
-    fake_proc,
-    pid_alive,
-    procs,
-    sockdir,
-    wait_until,
-)
+from coordinator_fixtures import Daemon, FakeLauncher, InProcess, fake_proc
+from helpers import FakeClock, pid_alive, wait_until
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator.link import AgentLink
 from pmrun.coordinator.server import CoordinatorSettings
@@ -38,7 +29,7 @@ def stopped(launchers) -> list[str]:
 # -- real daemons, real agents -------------------------------------------------------------
 
 
-def test_three_agents_over_a_small_pool_evict_first_then_stop_exactly_the_largest(procs, sockdir):  # noqa: F811
+def test_three_agents_over_a_small_pool_evict_first_then_stop_exactly_the_largest(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "300M").start()
     big = FakeLauncher(procs, d.socket, "big", 150)
     big.wait_line("READY")
@@ -82,7 +73,7 @@ def test_three_agents_over_a_small_pool_evict_first_then_stop_exactly_the_larges
     wait_until(lambda: d.status()["pressure"]["level"] == "normal", 10, "pressure relieved")
 
 
-def test_a_service_that_frees_enough_saves_every_agent(procs, sockdir):  # noqa: F811
+def test_a_service_that_frees_enough_saves_every_agent(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "300M", "--evict-fraction", "1.0").start()
     big = FakeLauncher(procs, d.socket, "big", 100)
     big.wait_line("READY")
@@ -111,7 +102,7 @@ def test_a_service_that_frees_enough_saves_every_agent(procs, sockdir):  # noqa:
     assert holder_status["services"][0]["last_eviction"]["bytes"] > 0
 
 
-def test_dry_run_logs_the_decision_and_stops_nothing(procs, sockdir):  # noqa: F811
+def test_dry_run_logs_the_decision_and_stops_nothing(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "100M", "--dry-run").start()
     agent = FakeLauncher(procs, d.socket, "hog", 150)
     decision = wait_until(lambda: d.events("stop.decision"), 10, "a decision is logged")[0]
@@ -121,7 +112,7 @@ def test_dry_run_logs_the_decision_and_stops_nothing(procs, sockdir):  # noqa: F
     assert d.status()["pressure"]["last_decision"]["dry_run"] is True
 
 
-def test_coordinator_sigkill_and_restart_agents_keep_running_and_register_again(procs, sockdir):  # noqa: F811
+def test_coordinator_sigkill_and_restart_agents_keep_running_and_register_again(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock")).start()
     agents = [FakeLauncher(procs, d.socket, name, 5) for name in ("one", "two")]
     wait_until(lambda: set(d.agents()) == {"one", "two"}, 10, "both registered")
@@ -136,7 +127,7 @@ def test_coordinator_sigkill_and_restart_agents_keep_running_and_register_again(
     assert [a.value("STOP") for a in agents] == [None, None]
 
 
-def test_a_launcher_killed_with_sigkill_leaves_no_orphans(procs, sockdir):  # noqa: F811
+def test_a_launcher_killed_with_sigkill_leaves_no_orphans(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock")).start()
     f = FakeLauncher(procs, d.socket, "doomed", 5, escape=True)
     grandchild = int(f.wait_line("GRANDCHILD"))
@@ -155,7 +146,7 @@ def test_a_launcher_killed_with_sigkill_leaves_no_orphans(procs, sockdir):  # no
     assert "doomed" not in d.agents()
 
 
-def test_a_pool_crossing_is_handled_within_a_second(sockdir):  # noqa: F811
+def test_a_pool_crossing_is_handled_within_a_second(sockdir):
     settings = CoordinatorSettings(socket_path=str(sockdir / "c.sock"), pool_bytes=100 * MIB,
                                    dry_run=True, settle_s=0.05)  # fmt: skip
     c = InProcess(settings)
@@ -209,7 +200,7 @@ class Fleet:
 
 
 @pytest.fixture
-def controller(tmp_path, sockdir):  # noqa: F811
+def controller(tmp_path, sockdir):
     clock = FakeClock()
     proc = fake_proc(tmp_path / "proc", total_mib=1000, available_mib=1000)
     settings = CoordinatorSettings(
@@ -367,7 +358,7 @@ def test_status_reflects_pressure_and_is_json(controller):
 # -- the only pids the coordinator signals ---------------------------------------------------
 
 
-def test_kill_orphans_checks_start_time_age_and_uid(procs):  # noqa: F811
+def test_kill_orphans_checks_start_time_age_and_uid(procs):
     from pmrun import _procfs
     from pmrun.coordinator.orphans import kill_orphans
 
@@ -383,7 +374,7 @@ def test_kill_orphans_checks_start_time_age_and_uid(procs):  # noqa: F811
     assert victim.returncode == -signal.SIGKILL
 
 
-def test_a_dropped_connection_of_a_live_launcher_kills_nothing(procs, sockdir):  # noqa: F811
+def test_a_dropped_connection_of_a_live_launcher_kills_nothing(procs, sockdir):
     from pmrun import _procfs
 
     d = Daemon(procs, str(sockdir / "c.sock")).start()

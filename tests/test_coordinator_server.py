@@ -11,15 +11,8 @@ import time
 
 import pytest
 
-from coordinator_fixtures import (  # noqa: F401 - fixtures
-    PYTHON,
-    Daemon,
-    InProcess,
-    pid_alive,
-    procs,
-    sockdir,
-    wait_until,
-)
+from coordinator_fixtures import PYTHON, Daemon, InProcess
+from helpers import wait_until
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator import query
 from pmrun.coordinator.link import AgentLink
@@ -70,7 +63,7 @@ def agent_info(name: str, **kw) -> dict:
 
 
 @pytest.fixture
-def daemon(procs, sockdir):  # noqa: F811
+def daemon(procs, sockdir):
     return Daemon(procs, str(sockdir / "c.sock")).start()
 
 
@@ -119,7 +112,7 @@ def test_garbage_oversized_and_half_open_clients_do_not_stop_the_coordinator(dae
         s.close()
 
 
-def test_silent_and_unfinished_connections_are_dropped_after_a_timeout(sockdir):  # noqa: F811
+def test_silent_and_unfinished_connections_are_dropped_after_a_timeout(sockdir):
     settings = CoordinatorSettings(
         socket_path=str(sockdir / "c.sock"), handshake_timeout_s=0.2, frame_timeout_s=0.2
     )
@@ -138,7 +131,7 @@ def test_silent_and_unfinished_connections_are_dropped_after_a_timeout(sockdir):
         c.close()
 
 
-def test_a_client_that_never_reads_is_dropped(sockdir):  # noqa: F811
+def test_a_client_that_never_reads_is_dropped(sockdir):
     settings = CoordinatorSettings(socket_path=str(sockdir / "c.sock"), max_write_buffer=64 << 10)
     c = InProcess(settings)
     try:
@@ -190,7 +183,7 @@ def _as_nobody(path: str, frame: bytes) -> str:
     return out.decode()
 
 
-def test_another_uid_is_refused(daemon, sockdir):  # noqa: F811
+def test_another_uid_is_refused(daemon, sockdir):
     register = p.encode(p.Register(agent_id="x", name="evil", launcher_pid=1, child_pid=1,
                                    uid=65534, argv=[], started=0.0))  # fmt: skip
     # The directory (0700) keeps other users out in the first place.
@@ -236,7 +229,7 @@ def test_sigterm_stops_cleanly_and_removes_the_socket(daemon):
         query.status(daemon.socket)
 
 
-def test_an_unsafe_socket_directory_is_refused_with_a_clear_error(sockdir, run_pmrun):  # noqa: F811
+def test_an_unsafe_socket_directory_is_refused_with_a_clear_error(sockdir, run_pmrun):
     (sockdir / "real").mkdir(mode=0o700)
     (sockdir / "link").symlink_to(sockdir / "real")
     r = run_pmrun("coordinator", "--socket", str(sockdir / "link" / "c.sock"), timeout=20)
@@ -244,7 +237,7 @@ def test_an_unsafe_socket_directory_is_refused_with_a_clear_error(sockdir, run_p
     assert "symlink" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_an_unwritable_event_log_does_not_stop_the_coordinator(procs, sockdir):  # noqa: F811
+def test_an_unwritable_event_log_does_not_stop_the_coordinator(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock"), "--events", "/dev/full").start()
     query.cleanup(d.socket)
     query.cleanup(d.socket)
@@ -252,7 +245,7 @@ def test_an_unwritable_event_log_does_not_stop_the_coordinator(procs, sockdir): 
     assert d.stderr().count("cannot write the event log") == 1
 
 
-def test_status_is_complete_and_json_serializable(daemon, procs):  # noqa: F811
+def test_status_is_complete_and_json_serializable(daemon, procs):
     link = AgentLink(
         daemon.socket, agent_info("alpha", priority=3), lambda r, d: None, respawn_after_s=None
     )
@@ -318,7 +311,7 @@ time.sleep(60)
 """
 
 
-def test_cleanup_command_prints_what_each_service_freed(daemon, procs, run_pmrun):  # noqa: F811
+def test_cleanup_command_prints_what_each_service_freed(daemon, procs, run_pmrun):
     svc = procs.popen([PYTHON, "-c", SERVICE], stdout=subprocess.PIPE, text=True,
                       env={**os.environ, "PMRUN_SOCKET": daemon.socket})  # fmt: skip
     assert svc.stdout.readline().strip() == "READY"
@@ -343,7 +336,7 @@ def test_cleanup_command_prints_what_each_service_freed(daemon, procs, run_pmrun
     assert r.returncode == 1 and "no agent 'nope'" in r.stderr
 
 
-def test_cleanup_without_a_coordinator_fails_with_exit_1(sockdir, run_pmrun):  # noqa: F811
+def test_cleanup_without_a_coordinator_fails_with_exit_1(sockdir, run_pmrun):
     r = run_pmrun("cleanup", "--socket", str(sockdir / "none.sock"), timeout=30)
     assert r.returncode == 1 and "no coordinator answers" in r.stderr
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pid_alive
+from helpers import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from conftest import PMRUN, pid_alive
+from conftest import PMRUN
+from helpers import pid_alive
 from pmrun.diagnostics.events import follow, format_event, parse_time, summary
 from pmrun.errors import UsageError
 

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import PMRUN, PYTHON, pid_alive, wait_for
+from conftest import PMRUN, PYTHON
+from helpers import pid_alive, wait_until
 from pmrun import _procfs
 from pmrun.coordinator import query
 from pmrun.diagnostics.heap import agent_pids
@@ -73,7 +74,7 @@ def coordinator(isolated_env: Path) -> Iterator[str]:
             [PMRUN, "coordinator", "--socket", sock, "--log-level", "warning"], stderr=log
         )
     try:
-        wait_for(lambda: _pings(sock) or proc.poll() is not None, timeout=15)
+        wait_until(lambda: _pings(sock) or proc.poll() is not None, timeout=15)
         assert proc.poll() is None, (isolated_env / "coordinator.log").read_text()
         yield sock
     finally:
@@ -127,7 +128,7 @@ def wait_agent(sock: str, name: str, *, rss_at_least: int = 0, services: int = 0
             return None
         return a
 
-    return wait_for(ready, timeout=20, interval=0.1)  # type: ignore[return-value]
+    return wait_until(ready, timeout=20, interval=0.1)  # type: ignore[return-value]
 
 
 def measured_rss(launcher_pid: int, *, anon_only: bool = False) -> int:
@@ -419,7 +420,7 @@ def test_events_reads_the_log_the_running_coordinator_was_given(isolated_env: Pa
         [PMRUN, "coordinator", "--socket", sock, "--events", str(log), "--log-level", "warning"]
     )
     try:
-        wait_for(lambda: _pings(sock), timeout=15)
+        wait_until(lambda: _pings(sock), timeout=15)
         r = pmrun("events", "--socket", sock, "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout.splitlines()[0])["kind"] == "coordinator.start"

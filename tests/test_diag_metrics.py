@@ -160,7 +160,8 @@ def test_coordinator_serves_metrics_on_metrics_port(tmp_path) -> None:
     import subprocess
     import urllib.request
 
-    from conftest import PMRUN, wait_for
+    from conftest import PMRUN
+    from helpers import wait_until
 
     with socketlib.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -190,7 +191,7 @@ def test_coordinator_serves_metrics_on_metrics_port(tmp_path) -> None:
             except OSError:
                 return None
 
-        text = wait_for(scrape, timeout=15)
+        text = wait_until(scrape, timeout=15)
         assert "pmrun_up 1.0" in str(text)
         assert "pmrun_pool_limit_bytes 2.147483648e+09" in str(text)
     finally:

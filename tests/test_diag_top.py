@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import PMRUN, pid_alive
+from conftest import PMRUN
+from helpers import pid_alive
 
 
 class PtyProcess:

@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 from conftest import PMRUN, PYTHON
-from coordinator_fixtures import Daemon, procs, sockdir, wait_until  # noqa: F401 - fixtures
+from coordinator_fixtures import Daemon
+from helpers import wait_until
 from pmrun import events, launcher
 
 GROW = "chunks = [b'x' * (4 << 20) for _ in range(60)]\nimport time; time.sleep(60)"
@@ -21,7 +22,7 @@ def test_every_event_the_launcher_sends_has_its_level_in_the_table() -> None:
     assert events.launcher_event_level("no-such-kind") == "info"
 
 
-def test_a_launchers_own_stop_is_shown_at_the_warning_level(procs, sockdir) -> None:  # noqa: F811
+def test_a_launchers_own_stop_is_shown_at_the_warning_level(procs, sockdir) -> None:
     d = Daemon(procs, str(sockdir / "c.sock")).start()
     r = subprocess.run(
         [PMRUN, "--socket", d.socket, "--name", "grower", "--max-rss", "100M", "--grace", "0",

@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PYTHON
-from coordinator_fixtures import Procs, pid_alive, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import Procs
+from helpers import pid_alive, wait_until
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator import query
 from test_reliability_load import record_figures
@@ -600,7 +601,7 @@ def hwm(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_a_flood_of_cleanup_requests_is_bounded(procs, sockdir):  # noqa: F811
+def test_a_flood_of_cleanup_requests_is_bounded(procs, sockdir):
     from coordinator_fixtures import Daemon
     from test_reliability_load import SERVICE_AGENT
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PMRUN, PYTHON, pid_alive, wait_for
+from conftest import PMRUN, PYTHON
+from helpers import pid_alive, wait_until
 
 # A child that allocates MB megabytes in STEP-MB chunks (written, so resident), then sleeps.
 ALLOC = """
@@ -235,7 +236,7 @@ def test_signals_sent_to_pmrun_reach_the_command() -> None:
 def test_sigterm_to_pmrun_ends_a_default_command_and_pmrun_by_sigterm() -> None:
     p = subprocess.Popen([PMRUN, *BASE, "--", "sleep", "30"])
     try:
-        wait_for(lambda: any(_children(p.pid)))
+        wait_until(lambda: any(_children(p.pid)))
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == -signal.SIGTERM
     finally:
@@ -369,11 +370,11 @@ def test_grace_zero_kills_at_once(run_pmrun, tmp_path: Path) -> None:
 def test_sigkill_of_pmrun_takes_the_command_with_it(tmp_path: Path) -> None:
     p = subprocess.Popen([PMRUN, *BASE, "--", "sleep", "60"])
     try:
-        kids = wait_for(lambda: _children(p.pid))
+        kids = wait_until(lambda: _children(p.pid))
         p.kill()
         p.wait()
         child = kids[0]  # type: ignore[index]
-        wait_for(lambda: not pid_alive(child), timeout=5)
+        wait_until(lambda: not pid_alive(child), timeout=5)
     finally:
         p.kill()
         p.wait()
@@ -488,12 +489,12 @@ def test_sigkill_of_pmrun_leaves_no_daemon_behind(tmp_path: Path, backend: str) 
         ]
     )
     try:
-        wait_for(pidfile.exists)
+        wait_until(pidfile.exists)
         daemon = int(pidfile.read_text())
         assert pid_alive(daemon)
         p.kill()
         p.wait()
-        wait_for(lambda: not pid_alive(daemon), timeout=5)
+        wait_until(lambda: not pid_alive(daemon), timeout=5)
     finally:
         p.kill()
         p.wait()

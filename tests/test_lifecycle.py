@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator_fixtures import PYTHON, Daemon, pid_alive, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import PYTHON, Daemon
+from helpers import wait_until
 from pmrun import config
 from pmrun.coordinator.lifecycle import ON_DEMAND_ENV, idle_exit_s, idle_expired
 
@@ -31,7 +32,7 @@ def pmrun(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PMRUN, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def agent(procs, sock: str, hold: Path) -> subprocess.Popen[str]:  # noqa: F811
+def agent(procs, sock: str, hold: Path) -> subprocess.Popen[str]:
     return procs.popen(
         [PMRUN, "--socket", sock, "--name", "held", "--", PYTHON, "-c", HOLD, str(hold)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
@@ -61,7 +62,7 @@ def test_idle_exit_defaults_to_600s_only_on_demand(tmp_path):
     assert idle_exit_s(off, {ON_DEMAND_ENV: "1"}) is None
 
 
-def test_status_exit_codes_and_json(procs, sockdir):  # noqa: F811
+def test_status_exit_codes_and_json(procs, sockdir):
     sock = str(sockdir / "c.sock")
     down = pmrun("coordinator", "status", "--socket", sock)
     assert down.returncode == 3 and "not running" in down.stdout
@@ -75,7 +76,7 @@ def test_status_exit_codes_and_json(procs, sockdir):  # noqa: F811
     assert facts["running"] and facts["pid"] == d.proc.pid and facts["agents"] == 0
 
 
-def test_stop_is_clean_and_the_agent_keeps_running(procs, sockdir):  # noqa: F811
+def test_stop_is_clean_and_the_agent_keeps_running(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock")).start()
     hold = sockdir / "hold"
     a = agent(procs, d.socket, hold)
@@ -95,7 +96,7 @@ def test_stop_is_clean_and_the_agent_keeps_running(procs, sockdir):  # noqa: F81
     assert again.returncode == 0 and "no coordinator was running" in again.stdout
 
 
-def test_idle_exit_waits_for_the_last_agent_then_exits(procs, sockdir):  # noqa: F811
+def test_idle_exit_waits_for_the_last_agent_then_exits(procs, sockdir):
     # Long enough for the agent's launcher to reach it first even on a loaded machine (a
     # launcher that found none would start another coordinator on demand).
     d = Daemon(procs, str(sockdir / "c.sock"), "--idle-exit", "4").start()

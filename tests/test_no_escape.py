@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PMRUN, PYTHON, pid_alive, wait_for
+from conftest import PMRUN, PYTHON
+from helpers import pid_alive, wait_until
 
 TREE = str(Path(__file__).parent / "agents" / "tree.py")
 SEEDS = range(4)
@@ -109,7 +110,7 @@ def test_nothing_escapes(tmp_path: Path, backend: str, how: str) -> None:
             # wait for that to finish, bounded, before counting.
             n, alive = survivors(piddir)
             if alive and how == "sigkill":
-                wait_for(lambda d=piddir: not survivors(d)[1], timeout=10)
+                wait_until(lambda d=piddir: not survivors(d)[1], timeout=10)
                 n, alive = survivors(piddir)
             runs += 1
             recorded += n
@@ -200,7 +201,7 @@ def test_a_process_of_another_uid_in_a_non_root_agent_does_not_crash_pmrun(
         data = json.loads(report.read_text())
         if mode == "euid":
             assert r.stderr == ""
-            wait_for(lambda: not pid_alive(helper), 10)
+            wait_until(lambda: not pid_alive(helper), 10)
         else:
             lines = r.stderr.splitlines()
             assert len(lines) == 1 and "changed their uid" in lines[0], r.stderr
@@ -238,7 +239,7 @@ def test_agent_that_kills_its_keeper_leaves_no_daemon(
     try:
         assert "Traceback" not in r.stderr, r.stderr
         assert r.returncode == -signal.SIGKILL  # the command died with its keeper
-        wait_for(lambda: not pid_alive(daemon), 10)
+        wait_until(lambda: not pid_alive(daemon), 10)
         if coordinator:
             assert [p for p in coordinator_pids(sock) if pid_alive(p)]
     finally:
@@ -246,4 +247,4 @@ def test_agent_that_kills_its_keeper_leaves_no_daemon(
             os.kill(daemon, signal.SIGKILL)
         for p in coordinator_pids(sock):
             os.kill(p, signal.SIGTERM)
-        wait_for(lambda: not any(pid_alive(p) for p in coordinator_pids(sock)), 10)
+        wait_until(lambda: not any(pid_alive(p) for p in coordinator_pids(sock)), 10)

@@ -9,19 +9,15 @@ coordinator killed while an agent is paused leaves it running, not frozen.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coordinator_fixtures import PYTHON, Daemon, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import PMRUN, PYTHON, Daemon, PmrunAgent, Procs
+from helpers import wait_until
 
-PMRUN = str(Path(sys.executable).parent / "pmrun")
 MIB = 1 << 20
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PMRUN), reason="pmrun is not installed")
@@ -50,41 +46,21 @@ sys.exit(0 if ok else 3)
 """
 
 
-class Agent:
-    """A ``pmrun -- python AGENT`` launcher and the lines it printed."""
+class Agent(PmrunAgent):
+    """A ``pmrun -- python AGENT MB STEP_S HOLD`` launcher (``--grace 2``)."""
 
-    def __init__(self, procs: Any, sock: str, name: str, mb: int, step_s: float, *extra: str,  # noqa: F811
+    def __init__(self, procs: Procs, sock: str, name: str, mb: int, step_s: float, *extra: str,
                  hold: str = "-", backend: str = "sampling", env: dict[str, str] | None = None,
                  tmp: Path) -> None:  # fmt: skip
-        self.name = name
-        self.report = tmp / f"{name}.json"
-        self.proc = procs.popen(
-            [PMRUN, "--socket", sock, "--name", name, "--backend", backend, "--grace", "2",
-             "--report", str(self.report), *extra, "--", PYTHON, "-c", AGENT, str(mb),
-             str(step_s), hold],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, env={**os.environ, **(env or {})},
-        )  # fmt: skip
-        self.out: list[str] = []
-        self.err: list[str] = []
-        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._read, args=(stream, sink), daemon=True).start()
-
-    @staticmethod
-    def _read(stream: Any, sink: list[str]) -> None:
-        for line in stream:
-            sink.append(line.rstrip("\n"))
+        command = [PYTHON, "-c", AGENT, str(mb), str(step_s), hold]
+        super().__init__(procs, sock, name, command, "--backend", backend, "--grace", "2",
+                         *extra, tmp=tmp, env=env)  # fmt: skip
 
     def got(self) -> int:
         return max((int(x.split()[1]) for x in self.out if x.startswith("GOT")), default=0)
 
-    def finish(self, timeout: float = 30) -> dict[str, Any]:
-        self.proc.wait(timeout)
-        wait_until(lambda: self.report.exists(), 5, f"{self.name}'s report")
-        return json.loads(self.report.read_text())
 
-
-def daemon(procs: Any, sockdir: Path, *args: str) -> Daemon:  # noqa: F811
+def daemon(procs: Any, sockdir: Path, *args: str) -> Daemon:
     return Daemon(
         procs, str(sockdir / "c.sock"), "--pool", "300M", "--psi-threshold", "off",
         "--system-threshold", "99%", "--cooldown", "0.5", *args,
@@ -127,7 +103,7 @@ BACKENDS = ["sampling", pytest.param("cgroup", marks=pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_newest_grower_is_paused_then_resumed_and_finishes_intact(procs, sockdir, backend):  # noqa: F811
+def test_the_newest_grower_is_paused_then_resumed_and_finishes_intact(procs, sockdir, backend):
     d = daemon(procs, sockdir)
     hold = sockdir / "release-a"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), backend=backend, tmp=sockdir)
@@ -164,7 +140,7 @@ def test_the_newest_grower_is_paused_then_resumed_and_finishes_intact(procs, soc
     assert not events(d, "stop.sent")
 
 
-def test_a_runaway_over_its_own_limit_is_stopped_not_paused(procs, sockdir):  # noqa: F811
+def test_a_runaway_over_its_own_limit_is_stopped_not_paused(procs, sockdir):
     d = daemon(procs, sockdir)
     hold = sockdir / "release"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
@@ -188,7 +164,7 @@ def test_a_runaway_over_its_own_limit_is_stopped_not_paused(procs, sockdir):  # 
     assert b.finish()["exit_status"] == 0 and "DONE ok" in b.out
 
 
-def test_no_pause_agent_is_never_paused_the_other_one_is(procs, sockdir):  # noqa: F811
+def test_no_pause_agent_is_never_paused_the_other_one_is(procs, sockdir):
     d = daemon(procs, sockdir)
     hold = sockdir / "release-a"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
@@ -207,7 +183,7 @@ def test_no_pause_agent_is_never_paused_the_other_one_is(procs, sockdir):  # noq
     assert not events(d, "stop.sent")
 
 
-def test_coordinator_without_pausing_stops_as_before(procs, sockdir):  # noqa: F811
+def test_coordinator_without_pausing_stops_as_before(procs, sockdir):
     d = daemon(procs, sockdir, "--no-pause")
     hold = sockdir / "release-a"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
@@ -220,7 +196,7 @@ def test_coordinator_without_pausing_stops_as_before(procs, sockdir):  # noqa: F
     assert "pool" in reasons  # today's behaviour: someone is stopped
 
 
-def test_max_pause_falls_back_to_stopping_the_one_that_frees_the_most(procs, sockdir):  # noqa: F811
+def test_max_pause_falls_back_to_stopping_the_one_that_frees_the_most(procs, sockdir):
     d = daemon(procs, sockdir, "--max-pause", "1")
     a = Agent(procs, d.socket, "a", 190, 0.0, hold=str(sockdir / "never"), tmp=sockdir)
     wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 180 * MIB, 20, "a reported")
@@ -238,7 +214,7 @@ def test_max_pause_falls_back_to_stopping_the_one_that_frees_the_most(procs, soc
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_coordinator_killed_while_paused_leaves_the_agent_running(procs, sockdir, backend):  # noqa: F811
+def test_coordinator_killed_while_paused_leaves_the_agent_running(procs, sockdir, backend):
     d = daemon(procs, sockdir)
     hold = sockdir / "release-a"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), backend=backend, tmp=sockdir)
@@ -257,7 +233,7 @@ def test_coordinator_killed_while_paused_leaves_the_agent_running(procs, sockdir
     assert a.finish()["exit_status"] == 0
 
 
-def test_a_paused_agent_asked_to_end_is_resumed_so_that_it_can(procs, sockdir):  # noqa: F811
+def test_a_paused_agent_asked_to_end_is_resumed_so_that_it_can(procs, sockdir):
     d = daemon(procs, sockdir)
     hold = sockdir / "release-a"
     a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PMRUN
-from coordinator_fixtures import Daemon, coordinator_pids, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import Daemon, coordinator_pids
+from helpers import wait_until
 from pmrun.coordinator import query
 from pmrun.coordinator.paths import lock_path, log_path
 from pmrun.errors import SocketSecurityError
@@ -36,7 +37,7 @@ KINDS = ["symlink", "FIFO", pytest.param("other uid", marks=pytest.mark.skipif(
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("which", ["coordinator.log", "lock"])
-def test_a_launcher_never_writes_through_a_planted_log_or_lock(sockdir, tmp_path, kind, which):  # noqa: F811
+def test_a_launcher_never_writes_through_a_planted_log_or_lock(sockdir, tmp_path, kind, which):
     sock = str(sockdir / "c.sock")
     planted = log_path(sock) if which == "coordinator.log" else lock_path(sock)
     target = tmp_path / "target"
@@ -60,8 +61,8 @@ def test_a_launcher_never_writes_through_a_planted_log_or_lock(sockdir, tmp_path
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_coordinator_serves_past_a_planted_event_log_and_writes_nothing_to_it(
-    procs,  # noqa: F811
-    sockdir,  # noqa: F811
+    procs,
+    sockdir,
     tmp_path,
     kind,
 ):

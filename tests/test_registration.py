@@ -14,13 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PMRUN
-from coordinator_fixtures import (  # noqa: F401
-    PYTHON,
-    Daemon,
-    procs,
-    sockdir,
-    wait_until,
-)
+from coordinator_fixtures import PYTHON, Daemon
+from helpers import wait_until
 from pmrun.coordinator import protocol as p
 
 # The command waits until the test creates the file it names, then exits 0.
@@ -44,7 +39,7 @@ class Lines:
         return self.lines
 
 
-def launch(procs, sock: str, release: Path, *opts: str, args: tuple[str, ...] = ()):  # noqa: F811
+def launch(procs, sock: str, release: Path, *opts: str, args: tuple[str, ...] = ()):
     return procs.popen(
         [PMRUN, "--socket", sock, "--backend", "sampling", *opts, "--",
          PYTHON, "-c", WAIT_FOR_FILE, str(release), *args],
@@ -52,7 +47,7 @@ def launch(procs, sock: str, release: Path, *opts: str, args: tuple[str, ...] = 
     )  # fmt: skip
 
 
-def test_an_agent_whose_argv_is_a_whole_prompt_is_in_the_pool(procs, sockdir):  # noqa: F811
+def test_an_agent_whose_argv_is_a_whole_prompt_is_in_the_pool(procs, sockdir):
     daemon = Daemon(procs, str(sockdir / "c.sock")).start()
     prompt = tuple("word " * 4000 for _ in range(20))  # 400 KB of arguments
     release = sockdir / "release"
@@ -69,8 +64,8 @@ def test_an_agent_whose_argv_is_a_whole_prompt_is_in_the_pool(procs, sockdir):  
 
 
 def test_a_long_name_is_in_the_pool_and_an_absurd_one_is_refused_at_the_edge(
-    procs,  # noqa: F811
-    sockdir,  # noqa: F811
+    procs,
+    sockdir,
     run_pmrun,
 ):
     daemon = Daemon(procs, str(sockdir / "c.sock")).start()
@@ -148,7 +143,7 @@ class RefusingCoordinator:
 
 
 @pytest.mark.parametrize("code", ["bad-frame", "forbidden"])
-def test_a_refused_registration_is_said_once_and_not_retried(procs, sockdir, code):  # noqa: F811
+def test_a_refused_registration_is_said_once_and_not_retried(procs, sockdir, code):
     fake = RefusingCoordinator(str(sockdir / "c.sock"), code)
     try:
         release = sockdir / "release"

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from conftest import PMRUN, PYTHON
-from coordinator_fixtures import Daemon, pid_alive, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import Daemon
+from helpers import pid_alive, wait_until
 from pmrun.coordinator import query
 from pmrun.coordinator.link import AgentLink
 from pmrun.errors import PmrunError
@@ -40,7 +41,7 @@ from test_reliability_load import (
 )
 
 
-def start_agents(procs, socket_path: str, n: int, mb: int) -> list[subprocess.Popen]:  # noqa: F811
+def start_agents(procs, socket_path: str, n: int, mb: int) -> list[subprocess.Popen]:
     return start_at_once(
         procs,
         [launcher_argv(socket_path, f"f{i}", mb) for i in range(n)],
@@ -59,7 +60,7 @@ def answers(socket_path: str) -> bool:
 
 
 @pytest.mark.slow
-def test_coordinator_sigkilled_and_restarted_under_load_loses_no_agent(procs, sockdir):  # noqa: F811
+def test_coordinator_sigkilled_and_restarted_under_load_loses_no_agent(procs, sockdir):
     n, mb, kills = 40, 5, 4
     args = ("--pool", "64G", "--psi-threshold", "off")
     d = Daemon(procs, str(sockdir / "c.sock"), *args).start()
@@ -108,7 +109,7 @@ def test_coordinator_sigkilled_and_restarted_under_load_loses_no_agent(procs, so
     )  # fmt: skip
 
 
-def test_a_sigkilled_launcher_takes_its_tree_along_and_leaves_the_pool(procs, sockdir):  # noqa: F811
+def test_a_sigkilled_launcher_takes_its_tree_along_and_leaves_the_pool(procs, sockdir):
     d = Daemon(procs, str(sockdir / "c.sock")).start()
     doomed, steady = start_agents(procs, d.socket, 2, 5)
     status = wait_until(lambda: agents_ready(d, 2, 5 * MIB), 30, "two agents registered")
@@ -129,8 +130,8 @@ def test_a_sigkilled_launcher_takes_its_tree_along_and_leaves_the_pool(procs, so
 
 @pytest.mark.slow
 def test_a_service_hung_in_its_handler_costs_a_broadcast_its_settle_time_only(
-    procs,  # noqa: F811
-    sockdir,  # noqa: F811
+    procs,
+    sockdir,
     run_pmrun,
 ):
     settle = 0.5
@@ -220,7 +221,7 @@ def exercise(d: Daemon, rounds: int, tag: str = "") -> None:
 
 
 @pytest.fixture
-def tiny_tmpfs(sockdir):  # noqa: F811
+def tiny_tmpfs(sockdir):
     """A 64 KiB tmpfs (root only); unmounted at teardown."""
     mnt = sockdir / "tiny"
     mnt.mkdir()
@@ -250,7 +251,7 @@ def fill(path: Path) -> int:
     return written
 
 
-def fill_up(procs, sockdir, mnt: Path) -> Daemon:  # noqa: F811
+def fill_up(procs, sockdir, mnt: Path) -> Daemon:
     """A coordinator whose event log fills its disk, then gets space again."""
     events = mnt / "events.jsonl"
     d = Daemon(procs, str(sockdir / "c.sock"), "--events", str(events)).start()
@@ -268,8 +269,8 @@ def fill_up(procs, sockdir, mnt: Path) -> Daemon:  # noqa: F811
 
 
 def test_an_event_log_on_a_full_disk_is_reported_once_and_the_coordinator_serves(
-    procs,  # noqa: F811
-    sockdir,  # noqa: F811
+    procs,
+    sockdir,
     tiny_tmpfs,
 ):
     d = fill_up(procs, sockdir, tiny_tmpfs)
@@ -281,7 +282,7 @@ def test_an_event_log_on_a_full_disk_is_reported_once_and_the_coordinator_serves
                    reported_once=True, served=True)  # fmt: skip
 
 
-def test_no_event_is_lost_once_the_full_disk_has_room_again(procs, sockdir, tiny_tmpfs):  # noqa: F811
+def test_no_event_is_lost_once_the_full_disk_has_room_again(procs, sockdir, tiny_tmpfs):
     d = fill_up(procs, sockdir, tiny_tmpfs)
     after = [e["kind"] for e in d.events() if e.get("name") == "xafter0"]
     assert after[:1] == ["agent.register"] and "agent.deregister" in after
@@ -292,8 +293,8 @@ def test_no_event_is_lost_once_the_full_disk_has_room_again(procs, sockdir, tiny
     ["proc", "file-as-directory", "directory"],
 )
 def test_an_unwritable_event_log_is_reported_once_and_the_coordinator_serves(
-    procs,  # noqa: F811
-    sockdir,  # noqa: F811
+    procs,
+    sockdir,
     where,
 ):
     if where == "proc":  # EACCES/ENOENT even for root

@@ -26,15 +26,8 @@ from typing import Any
 import pytest
 
 from conftest import PMRUN, PYTHON
-from coordinator_fixtures import (  # noqa: F401
-    Daemon,
-    Procs,
-    coordinator_pids,
-    pid_alive,
-    procs,
-    sockdir,
-    wait_until,
-)
+from coordinator_fixtures import Daemon, Procs, coordinator_pids
+from helpers import pid_alive, wait_until
 from pmrun import _procfs
 from pmrun.coordinator import query
 from pmrun.errors import PmrunError
@@ -52,7 +45,7 @@ def record_figures(test: str, **figures: Any) -> None:
         f.write(line + "\n")
 
 
-def start_at_once(procs: Procs, argvs: list[list[str]], **kw: Any) -> list[subprocess.Popen]:  # noqa: F811
+def start_at_once(procs: Procs, argvs: list[list[str]], **kw: Any) -> list[subprocess.Popen]:
     """Start every ``argv`` at the same instant: each waits on one pipe, then execs.
 
     Each process is first a tiny trampoline that says it is ready and blocks reading a
@@ -205,8 +198,8 @@ def check_log(d: Daemon, ids: set[str]) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_100_agents_at_once_are_counted_registered_and_deregistered_exactly_once(
-    procs,  # noqa: F811
-    sockdir,  # noqa: F811
+    procs,
+    sockdir,
 ):
     n, mb = 100, 8
     d = Daemon(procs, str(sockdir / "c.sock"), "--pool", "64G", "--psi-threshold", "off")
@@ -242,7 +235,7 @@ def test_100_agents_at_once_are_counted_registered_and_deregistered_exactly_once
 
 
 @pytest.mark.slow
-def test_20_launchers_at_the_same_instant_start_exactly_one_coordinator(procs, sockdir):  # noqa: F811
+def test_20_launchers_at_the_same_instant_start_exactly_one_coordinator(procs, sockdir):
     n = 20
     sock = str(sockdir / "run" / "c.sock")  # the directory does not exist yet either
     launchers = start_at_once(

@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON
-from coordinator_fixtures import Daemon, pid_alive, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import Daemon
+from helpers import pid_alive, wait_until
 from pmrun import _procfs
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator import query
@@ -121,26 +122,26 @@ REQUESTS: dict[str, p.Message] = {
 
 
 @pytest.fixture
-def daemon(procs, sockdir):  # noqa: F811
+def daemon(procs, sockdir):
     return Daemon(procs, str(sockdir / "c.sock")).start()
 
 
 # -- another uid ------------------------------------------------------------------------
 
 
-def test_the_socket_directory_alone_keeps_another_uid_out(daemon, sockdir):  # noqa: F811
+def test_the_socket_directory_alone_keeps_another_uid_out(daemon, sockdir):
     os.chmod(daemon.socket, 0o666)  # the socket opened up (test only): the 0700 dir still bars
     assert (os.stat(sockdir).st_mode & 0o777) == 0o700
     assert nobody_sends(daemon.socket, REQUESTS["ping"]) == (f"CONNECT {errno.EACCES}", [])
 
 
-def test_the_socket_mode_alone_keeps_another_uid_out(daemon, sockdir):  # noqa: F811
+def test_the_socket_mode_alone_keeps_another_uid_out(daemon, sockdir):
     assert (os.stat(daemon.socket).st_mode & 0o777) == 0o600
     os.chmod(sockdir, 0o755)  # the directory opened up (test only): the 0600 socket still bars
     assert nobody_sends(daemon.socket, REQUESTS["ping"]) == (f"CONNECT {errno.EACCES}", [])
 
 
-def test_so_peercred_alone_refuses_every_request_of_another_uid(daemon, sockdir):  # noqa: F811
+def test_so_peercred_alone_refuses_every_request_of_another_uid(daemon, sockdir):
     os.chmod(sockdir, 0o755)
     os.chmod(daemon.socket, 0o666)  # both opened up (test only): only SO_PEERCRED is left
     for kind, msg in REQUESTS.items():
@@ -158,7 +159,7 @@ def test_so_peercred_alone_refuses_every_request_of_another_uid(daemon, sockdir)
 
 
 @pytest.fixture
-def rogue(sockdir) -> Iterator[tuple[str, subprocess.Popen[str]]]:  # noqa: F811
+def rogue(sockdir) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """A listener run by nobody, in a directory nobody owns."""
     d = sockdir / "rogue"
     d.mkdir(mode=0o755)
@@ -212,7 +213,7 @@ def refused(r: subprocess.CompletedProcess[str], word: str) -> None:
     assert len(lines) == 1 and word in lines[0] and "Traceback" not in r.stderr, r.stderr
 
 
-def test_a_symlink_at_the_socket_path_is_refused(sockdir, run_pmrun):  # noqa: F811
+def test_a_symlink_at_the_socket_path_is_refused(sockdir, run_pmrun):
     victim = sockdir / "victim"
     victim.write_text("precious")
     (sockdir / "c.sock").symlink_to(victim)
@@ -220,14 +221,14 @@ def test_a_symlink_at_the_socket_path_is_refused(sockdir, run_pmrun):  # noqa: F
     assert victim.read_text() == "precious" and (sockdir / "c.sock").is_symlink()
 
 
-def test_a_symlink_to_another_coordinators_socket_is_refused(procs, sockdir, run_pmrun):  # noqa: F811
+def test_a_symlink_to_another_coordinators_socket_is_refused(procs, sockdir, run_pmrun):
     other = Daemon(procs, str(sockdir / "other.sock")).start()
     (sockdir / "c.sock").symlink_to(other.socket)
     refused(start_coordinator(run_pmrun, str(sockdir / "c.sock")), "not a socket")
     assert query.ping(other.socket).pid == other.proc.pid  # its socket was not taken over
 
 
-def test_a_symlink_as_the_socket_directory_is_refused(sockdir, run_pmrun):  # noqa: F811
+def test_a_symlink_as_the_socket_directory_is_refused(sockdir, run_pmrun):
     target = sockdir / "target"
     target.mkdir(mode=0o700)
     (sockdir / "link").symlink_to(target)
@@ -235,7 +236,7 @@ def test_a_symlink_as_the_socket_directory_is_refused(sockdir, run_pmrun):  # no
     assert list(target.iterdir()) == []
 
 
-def test_a_symlink_at_the_lock_is_refused(sockdir, run_pmrun):  # noqa: F811
+def test_a_symlink_at_the_lock_is_refused(sockdir, run_pmrun):
     victim = sockdir / "victim"
     victim.write_text("precious")
     (sockdir / "c.sock.lock").symlink_to(victim)
@@ -243,7 +244,7 @@ def test_a_symlink_at_the_lock_is_refused(sockdir, run_pmrun):  # noqa: F811
     assert victim.read_text() == "precious"
 
 
-def test_a_symlink_at_the_event_log_is_not_followed(procs, sockdir):  # noqa: F811
+def test_a_symlink_at_the_event_log_is_not_followed(procs, sockdir):
     victim = sockdir / "victim"
     victim.write_text("precious")
     (sockdir / "events.jsonl").symlink_to(victim)
@@ -255,7 +256,7 @@ def test_a_symlink_at_the_event_log_is_not_followed(procs, sockdir):  # noqa: F8
 
 
 @pytest.mark.parametrize("how", ["another owner", "writable by others"])
-def test_an_unsafe_socket_directory_is_refused(sockdir, run_pmrun, how):  # noqa: F811
+def test_an_unsafe_socket_directory_is_refused(sockdir, run_pmrun, how):
     d = sockdir / "run"
     d.mkdir(mode=0o700)
     if how == "another owner":
@@ -266,7 +267,7 @@ def test_an_unsafe_socket_directory_is_refused(sockdir, run_pmrun, how):  # noqa
     assert list(d.iterdir()) == []
 
 
-def test_a_launcher_given_a_symlinked_directory_runs_alone(sockdir, run_pmrun):  # noqa: F811
+def test_a_launcher_given_a_symlinked_directory_runs_alone(sockdir, run_pmrun):
     target = sockdir / "target"
     target.mkdir(mode=0o700)
     (sockdir / "link").symlink_to(target)
@@ -298,12 +299,12 @@ def ticks_now() -> int:
         return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
 
 
-def sleeper(procs, **kw) -> subprocess.Popen:  # noqa: F811
+def sleeper(procs, **kw) -> subprocess.Popen:
     return procs.popen(["sleep", "300"], stdin=subprocess.DEVNULL, **kw)
 
 
 def test_a_client_cannot_make_the_coordinator_signal_what_is_not_its_agents_tree(
-    procs,  # noqa: F811
+    procs,
     daemon,
 ):
     older = sleeper(procs)  # started before the attacker: never its tree
@@ -348,7 +349,7 @@ def test_a_client_cannot_make_the_coordinator_signal_what_is_not_its_agents_tree
 
 
 def test_a_dead_launcher_s_reported_tree_is_killed_only_where_it_provably_is_its_tree(
-    procs,  # noqa: F811
+    procs,
     daemon,
 ):
     older = sleeper(procs)  # started before the attacker
@@ -390,7 +391,7 @@ def test_a_dead_launcher_s_reported_tree_is_killed_only_where_it_provably_is_its
                    wrongly_signalled=0)  # fmt: skip
 
 
-def test_orders_a_client_sends_are_not_obeyed(daemon, procs):  # noqa: F811
+def test_orders_a_client_sends_are_not_obeyed(daemon, procs):
     victim = sleeper(procs)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
@@ -470,7 +471,7 @@ def test_the_scanner_finds_shell_uses(tmp_path: Path) -> None:
     assert len(shell_uses(bad)) == 5
 
 
-def test_a_command_with_shell_syntax_is_not_interpreted(sockdir, run_pmrun):  # noqa: F811
+def test_a_command_with_shell_syntax_is_not_interpreted(sockdir, run_pmrun):
     marker = sockdir / "x"
     r = run_pmrun("--no-coordinator", "--", "echo $HOME;touch x", cwd=str(sockdir))
     assert r.returncode == 127 and "command not found" in r.stderr  # one word, not a script
@@ -480,8 +481,8 @@ def test_a_command_with_shell_syntax_is_not_interpreted(sockdir, run_pmrun):  # 
 
 
 def test_a_socket_path_with_shell_syntax_starts_the_coordinator_without_a_shell(
-    procs,  # noqa: F811
-    sockdir,  # noqa: F811
+    procs,
+    sockdir,
     run_pmrun,
 ):
     d = sockdir / "$(touch pwned);`touch pwned2`"

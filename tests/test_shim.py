@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PMRUN, wait_for
-from coordinator_fixtures import Daemon, procs, sockdir  # noqa: F401
+from conftest import PMRUN
+from coordinator_fixtures import Daemon
+from helpers import wait_until
 from pmrun import shim
 
 # A stand-in for the real `claude`, further down PATH: shows what it was given and where it runs.
@@ -206,8 +207,8 @@ def test_limits_from_config_win_over_install_flags(world: dict[str, Path]) -> No
 
 def test_counted_by_a_real_coordinator(
     world: dict[str, Path],
-    procs,  # noqa: F811
-    sockdir,  # noqa: F811
+    procs,
+    sockdir,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sock = str(sockdir / "c.sock")
@@ -221,13 +222,13 @@ def test_counted_by_a_real_coordinator(
     script.chmod(0o755)
     p = procs.popen([str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        agent = wait_for(lambda: daemon.agents().get("claude"), timeout=30)
+        agent = wait_until(lambda: daemon.agents().get("claude"), timeout=30)
         assert agent["max_bytes"] == 300 << 20 and agent["argv"][0] == str(world["stub"])
     finally:
         go.touch()
     out, _ = p.communicate(timeout=30)
     assert out.splitlines()[-1] == "rc=0"
-    wait_for(lambda: "claude" not in daemon.agents(), timeout=30)
+    wait_until(lambda: "claude" not in daemon.agents(), timeout=30)
 
 
 def test_install_list_remove_and_refusals(world: dict[str, Path]) -> None:

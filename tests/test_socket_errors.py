@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PMRUN
-from coordinator_fixtures import coordinator_pids, sockdir  # noqa: F401
+from coordinator_fixtures import coordinator_pids
 
 
 def bad_path(kind: str, d: Path) -> str:
@@ -36,7 +36,7 @@ KINDS = ["/dev/null", "regular file", "directory", "FIFO", "symlink"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_bad_socket_path_is_refused_early_and_nothing_is_created(run_pmrun, sockdir, kind):  # noqa: F811
+def test_a_bad_socket_path_is_refused_early_and_nothing_is_created(run_pmrun, sockdir, kind):
     path = bad_path(kind, sockdir)
     where = Path(path).parent
     before = sorted(os.listdir(where))
@@ -79,7 +79,7 @@ class Silent:
 
 
 @pytest.mark.parametrize("accept", [True, False])
-def test_status_says_a_coordinator_that_never_answers_is_hung(run_pmrun, sockdir, accept):  # noqa: F811
+def test_status_says_a_coordinator_that_never_answers_is_hung(run_pmrun, sockdir, accept):
     path = str(sockdir / "c.sock")
     hung = Silent(path, accept=accept)
     try:
@@ -93,7 +93,7 @@ def test_status_says_a_coordinator_that_never_answers_is_hung(run_pmrun, sockdir
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops root's DAC override to be refused")
-def test_status_says_permission_denied_rather_than_no_coordinator(sockdir):  # noqa: F811
+def test_status_says_permission_denied_rather_than_no_coordinator(sockdir):
     path = str(sockdir / "c.sock")
     listener = Silent(path, accept=False)
     os.chmod(path, 0)
@@ -109,6 +109,6 @@ def test_status_says_permission_denied_rather_than_no_coordinator(sockdir):  # n
     assert len(r.stderr.splitlines()) == 1 and "permission denied" in r.stderr
 
 
-def test_status_without_a_coordinator_still_says_so_and_exits_0(run_pmrun, sockdir):  # noqa: F811
+def test_status_without_a_coordinator_still_says_so_and_exits_0(run_pmrun, sockdir):
     r = run_pmrun("status", "--socket", str(sockdir / "c.sock"))
     assert r.returncode == 0 and "no coordinator" in r.stdout and not r.stderr

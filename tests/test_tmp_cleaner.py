@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PMRUN
-from coordinator_fixtures import (  # noqa: F401
-    PYTHON,
-    Daemon,
-    coordinator_pids,
-    procs,
-    sockdir,
-    wait_until,
-)
+from coordinator_fixtures import PYTHON, Daemon, coordinator_pids
+from helpers import wait_until
 from pmrun.coordinator import query
 from pmrun.coordinator.paths import lock_path, log_path
 from pmrun.errors import PmrunError
@@ -28,7 +22,7 @@ from pmrun.errors import PmrunError
 WAIT_FOR_FILE = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.01)"
 
 
-def launch(procs, sock: str, release: Path, name: str) -> subprocess.Popen:  # noqa: F811
+def launch(procs, sock: str, release: Path, name: str) -> subprocess.Popen:
     return procs.popen(
         [PMRUN, "--socket", sock, "--backend", "sampling", "--name", name, "--",
          PYTHON, "-c", WAIT_FOR_FILE, str(release)],
@@ -60,7 +54,7 @@ def finish(release: Path, *launchers: subprocess.Popen) -> None:
 
 
 @pytest.mark.parametrize("deleted", ["socket", "socket and lock", "directory"])
-def test_a_tmp_cleaner_leaves_exactly_one_reachable_pool(procs, sockdir, tmp_path, deleted):  # noqa: F811
+def test_a_tmp_cleaner_leaves_exactly_one_reachable_pool(procs, sockdir, tmp_path, deleted):
     sock = str(sockdir / "c.sock")
     daemon = Daemon(procs, sock).start()
     release = tmp_path / "release"
@@ -87,8 +81,8 @@ def test_a_tmp_cleaner_leaves_exactly_one_reachable_pool(procs, sockdir, tmp_pat
 
 
 def test_status_finds_a_coordinator_whose_socket_was_just_deleted(
-    procs,  # noqa: F811
-    sockdir,  # noqa: F811
+    procs,
+    sockdir,
     run_pmrun,
 ):
     sock = str(sockdir / "c.sock")
@@ -99,7 +93,7 @@ def test_status_finds_a_coordinator_whose_socket_was_just_deleted(
     assert json.loads(r.stdout)["coordinator"]["pid"] == daemon.proc.pid
 
 
-def test_launchers_start_exactly_one_coordinator_after_a_sigkill(procs, sockdir, tmp_path):  # noqa: F811
+def test_launchers_start_exactly_one_coordinator_after_a_sigkill(procs, sockdir, tmp_path):
     sock = str(sockdir / "c.sock")
     daemon = Daemon(procs, sock).start()
     release = tmp_path / "release"

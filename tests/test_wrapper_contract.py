@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PMRUN, PYTHON
-from coordinator_fixtures import coordinator_pids, pid_alive, wait_until
+from coordinator_fixtures import coordinator_pids
+from helpers import pid_alive, wait_until
 
 
 @pytest.fixture

@@ -134,7 +134,7 @@ def step(n: int, title: str) -> None:
 def _coordinators_with_token(token: str) -> list[int]:
     """The demo's coordinator daemons (``pmrun coordinator`` carrying ``token``)."""
     found = []
-    for pid in _pids_with_token(token):
+    for pid in pids_with_token(token):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
@@ -145,9 +145,11 @@ def _coordinators_with_token(token: str) -> list[int]:
     return found
 
 
-def _pids_with_token(token: str) -> list[int]:
-    """Live processes whose environment carries ``token`` (the demo's own excluded)."""
-    needle = f"{TOKEN_VAR}={token}".encode()
+def pids_with_token(token: str, var: str = TOKEN_VAR) -> list[int]:
+    """Live processes whose environment has ``var=token`` (this process excluded): what a
+    run started is found by the token it gave every process (the test suite's leak check
+    looks for its own variable the same way)."""
+    needle = f"{var}={token}".encode()
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
@@ -606,7 +608,7 @@ class Demo:
         left: list[int] = []
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            left = _pids_with_token(self.token)
+            left = pids_with_token(self.token)
             if not left:
                 break
             time.sleep(0.05)
