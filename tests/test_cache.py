@@ -26,22 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from helpers import FakeClock
 from pmrun import _malloc, _procfs
 from pmrun.cache import CacheValueTooLarge, Freed, SharedPromptCache, sizeof
 from pmrun.errors import CoordinatorUnavailable, PmrunError, SizeError, UsageError
-
-
-class FakeTimer:
-    """Seconds that move only when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float = 1.0) -> None:
-        self.now += seconds
 
 
 def make_cache(
@@ -57,7 +45,7 @@ def make_cache(
         ttl,
         pressure_fraction,
         max_entries=max_entries,
-        timer=timer or FakeTimer(),
+        timer=timer or FakeClock(),
         auto_attach=False,
     )
 
@@ -265,7 +253,7 @@ def test_shared_is_one_instance(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_entries_expire_after_ttl_and_their_bytes_are_reclaimed() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     cache = make_cache(ttl=10, timer=timer)
     cache.set("old", "o" * 100)
     timer.tick(5)
@@ -284,7 +272,7 @@ def test_entries_expire_after_ttl_and_their_bytes_are_reclaimed() -> None:
 
 
 def test_expired_entries_are_reclaimed_without_being_looked_up() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     cache = make_cache(max_bytes="1MB", ttl=10, timer=timer)
     for i in range(50):
         cache.set(f"k{i}", "v" * 100)
@@ -294,7 +282,7 @@ def test_expired_entries_are_reclaimed_without_being_looked_up() -> None:
 
 
 def test_per_call_ttl() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     cache = make_cache(ttl=100, timer=timer)
     cache.set("short", "s", ttl=1)
     cache.set("long", "l", ttl=1000)
@@ -310,7 +298,7 @@ def test_per_call_ttl() -> None:
 
 
 def test_resetting_a_key_restarts_its_ttl() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     cache = make_cache(ttl=10, timer=timer)
     cache.set("k", "first")
     timer.tick(8)
@@ -321,7 +309,7 @@ def test_resetting_a_key_restarts_its_ttl() -> None:
 
 
 def test_infinite_ttl_never_expires() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     cache = make_cache(ttl=math.inf, timer=timer)
     cache.set("k", "v")
     timer.tick(1e12)
@@ -354,7 +342,7 @@ def test_invalidate_by_prefix() -> None:
 
 
 def test_evict_fraction_drops_expired_then_least_recently_used() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     cache = make_cache(max_bytes="1MB", ttl=100, timer=timer)
     cache.set("expiring", "e" * 1000, ttl=5)
     for i in range(10):
@@ -405,7 +393,7 @@ def test_freed_report() -> None:
 
 
 def test_stats_counts_every_cause() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     value = "v" * 1000
     cache = make_cache(max_bytes=3 * entry_size("k0", value), ttl=10, timer=timer)
     for i in range(4):  # one capacity eviction
@@ -467,7 +455,7 @@ def test_memoize() -> None:
 
 
 def test_memoize_with_key_prefix_and_ttl() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     cache = make_cache(max_bytes="1MB", ttl=100, timer=timer)
     calls = 0
 
@@ -629,7 +617,7 @@ SIZES = st.one_of(st.integers(0, 60), st.integers(0, 900))
 class ReferenceCache:
     """The cache's documented behaviour, written the slow and obvious way."""
 
-    def __init__(self, timer: FakeTimer, ttl: float) -> None:
+    def __init__(self, timer: FakeClock, ttl: float) -> None:
         self.timer = timer
         self.ttl = ttl
         self.entries: OrderedDict[Any, tuple[Any, int, float]] = OrderedDict()
@@ -692,7 +680,7 @@ class CacheMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.timer = FakeTimer()
+        self.timer = FakeClock()
         self.cache = make_cache(max_bytes=BUDGET, ttl=10, max_entries=MAX_ENTRIES, timer=self.timer)
         self.model = ReferenceCache(self.timer, ttl=10)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import select
 import shutil
 import signal
@@ -26,7 +25,7 @@ import prctl
 import pytest
 
 from conftest import PMRUN, PYTHON
-from helpers import pid_alive, wait_until
+from helpers import NOBODY, become_nobody, pid_alive, wait_until
 from pmrun import _spawn, cgroups
 from pmrun.backends.cgroup import CgroupBackend, create_cgroup_backend, kernel_limit_bytes
 from pmrun.errors import CgroupError, PmrunError
@@ -596,7 +595,7 @@ def nobody_python() -> list[str]:
                 "-c",
                 "import sys, pmrun, prctl; print(sys.version_info >= (3, 11))",
             ],
-            user="nobody",
+            preexec_fn=become_nobody,
             capture_output=True,
             text=True,
         )
@@ -607,7 +606,10 @@ def nobody_python() -> list[str]:
 
 def test_nobody_cannot_create_a_group_and_auto_falls_back() -> None:
     r = subprocess.run(
-        [*nobody_python(), "-c", AS_NOBODY], user="nobody", capture_output=True, text=True
+        [*nobody_python(), "-c", AS_NOBODY],
+        preexec_fn=become_nobody,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -626,7 +628,6 @@ def test_v2_a_user_in_a_delegated_subtree_gets_cgroups(tmp_path: Path) -> None:
     # pmrun-launcher leaf and makes the agent's group beside it, under pmrun/.
     cmd = nobody_python()
     assert LAYOUT is not None
-    nobody = pwd.getpwnam("nobody")
     deleg = Path(LAYOUT.mount_point) / f"pmrun-test-user-{os.getpid()}"
     deleg.mkdir()
     out = Path("/tmp") / f"pmrun-deleg-{os.getpid()}"
@@ -634,13 +635,11 @@ def test_v2_a_user_in_a_delegated_subtree_gets_cgroups(tmp_path: Path) -> None:
     out.chmod(0o777)
     try:
         for f in (deleg, *(deleg / n for n in DELEGATED_FILES)):
-            os.chown(f, nobody.pw_uid, nobody.pw_gid)
+            os.chown(f, NOBODY, NOBODY)
 
         def enter_and_drop() -> None:  # as root: into the subtree, then become nobody
             Path(deleg, "cgroup.procs").write_text("0")
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
+            become_nobody()
 
         report = out / "report.json"
         show = "print(open('/proc/self/cgroup').read().strip())"
@@ -956,7 +955,7 @@ def test_pmrun_auto_as_nobody_falls_back_to_sampling_and_says_why(tmp_path: Path
         report = out / "report.json"
         r = subprocess.run(
             [*cmd, "-m", "pmrun", "--no-coordinator", "--report", str(report), "--", "true"],
-            user="nobody",
+            preexec_fn=become_nobody,
             capture_output=True,
             text=True,
             timeout=60,

@@ -8,21 +8,18 @@ import os
 
 import pytest
 
+from helpers import FakeClock
 from pmrun.events import EventLog, read_events, read_new
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        self.now += 1
-        return self.now
+def clock() -> FakeClock:
+    """A second passes at every reading, from 100."""
+    return FakeClock(start=100.0, step_s=1.0)
 
 
 def test_events_are_appended_as_json_lines(tmp_path):
     path = tmp_path / "events.jsonl"
-    log = EventLog(str(path), clock=Clock())
+    log = EventLog(str(path), clock=clock())
     log.write("pressure", "warning", pressure="warning")
     log.write("stop.decision", "critical", victims=[{"agent": "a1", "name": "big"}])
     log.close()
@@ -37,7 +34,7 @@ def test_events_are_appended_as_json_lines(tmp_path):
 
 def test_reader_filters(tmp_path):
     path = str(tmp_path / "e.jsonl")
-    log = EventLog(path, clock=Clock())
+    log = EventLog(path, clock=clock())
     log.write("evict.request", "warning")  # ts 101
     log.write("evict.result", "warning", answered=[{"agent": "a1", "service": "cache"}])
     log.write("stop.decision", "critical", victims=[{"agent": "a2", "name": "big"}])

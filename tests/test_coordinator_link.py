@@ -14,7 +14,7 @@ import time
 import pytest
 
 from coordinator_fixtures import PYTHON, coordinator_pids
-from helpers import wait_until
+from helpers import agent_info, wait_until
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator import query
 from pmrun.coordinator.link import AgentLink, ensure_coordinator
@@ -87,11 +87,8 @@ class FakeCoordinator:
 
 
 def info(name: str = "agent") -> dict:
-    return {
-        "agent_id": f"id-{name}", "name": name, "launcher_pid": os.getpid(),
-        "child_pid": os.getpid(), "uid": os.geteuid(), "argv": ["x"], "max_rss": 1 << 30,
-        "warn_rss": None, "priority": 1, "backend": {"name": "sampling"}, "started": 1.0,
-    }  # fmt: skip
+    return agent_info(name, argv=["x"], warn_rss=None, priority=1, backend={"name": "sampling"},
+                      started=1.0)  # fmt: skip
 
 
 @pytest.fixture

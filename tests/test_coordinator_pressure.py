@@ -13,7 +13,7 @@ import time
 import pytest
 
 from coordinator_fixtures import Daemon, FakeLauncher, InProcess, fake_proc
-from helpers import FakeClock, pid_alive, wait_until
+from helpers import FakeClock, agent_info, pid_alive, wait_until
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator.link import AgentLink
 from pmrun.coordinator.server import CoordinatorSettings
@@ -169,11 +169,8 @@ def test_a_pool_crossing_is_handled_within_a_second(sockdir):
 
 
 def info(name: str, priority: int = 0) -> dict:
-    return {
-        "agent_id": f"id-{name}", "name": name, "launcher_pid": os.getpid(),
-        "child_pid": os.getpid(), "uid": os.geteuid(), "argv": [name], "max_rss": None,
-        "warn_rss": None, "priority": priority, "backend": {}, "started": time.time(),
-    }  # fmt: skip
+    """An agent without limits of its own."""
+    return agent_info(name, priority=priority, max_rss=None, warn_rss=None, backend={})
 
 
 class Fleet:

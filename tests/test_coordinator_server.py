@@ -12,7 +12,7 @@ import time
 import pytest
 
 from coordinator_fixtures import PYTHON, Daemon, InProcess
-from helpers import wait_until
+from helpers import NOBODY, agent_info, become_nobody, wait_until
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator import query
 from pmrun.coordinator.link import AgentLink
@@ -49,17 +49,6 @@ def read_frames(s: socket.socket, until_eof: bool = False, timeout: float = 5.0)
 def is_eof(s: socket.socket, timeout: float = 5.0) -> bool:
     r, _, _ = select.select([s], [], [], timeout)
     return bool(r) and s.recv(1 << 16) == b""
-
-
-def agent_info(name: str, **kw) -> dict:
-    info = {
-        "agent_id": f"id-{name}", "name": name, "launcher_pid": os.getpid(),
-        "child_pid": os.getpid(), "uid": os.geteuid(), "argv": [name], "max_rss": 1 << 30,
-        "warn_rss": 1 << 29, "priority": 0, "backend": {"name": "sampling", "reason": "test"},
-        "started": time.time(),
-    }  # fmt: skip
-    info.update(kw)
-    return info
 
 
 @pytest.fixture
@@ -154,9 +143,7 @@ def _as_nobody(path: str, frame: bytes) -> str:
     if pid == 0:  # pragma: no cover - child
         try:
             os.close(r)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
+            become_nobody()
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(5)
             try:
@@ -185,7 +172,7 @@ def _as_nobody(path: str, frame: bytes) -> str:
 
 def test_another_uid_is_refused(daemon, sockdir):
     register = p.encode(p.Register(agent_id="x", name="evil", launcher_pid=1, child_pid=1,
-                                   uid=65534, argv=[], started=0.0))  # fmt: skip
+                                   uid=NOBODY, argv=[], started=0.0))  # fmt: skip
     # The directory (0700) keeps other users out in the first place.
     assert _as_nobody(daemon.socket, register) == "CONNECT 13"
     # With the directory and socket opened up (test only), SO_PEERCRED still refuses it.
@@ -195,10 +182,10 @@ def test_another_uid_is_refused(daemon, sockdir):
     assert out.startswith("GOT ")
     [answer] = [json.loads(x) for x in out[4:].splitlines()]
     assert answer["type"] == "error" and answer["code"] == "forbidden"
-    assert "uid 65534" in answer["message"]
+    assert f"uid {NOBODY}" in answer["message"]
     assert daemon.agents() == {}
     refused = daemon.events("security.refused")
-    assert refused and refused[0]["uid"] == 65534
+    assert refused and refused[0]["uid"] == NOBODY
 
 
 def test_the_coordinator_protects_itself_from_the_oom_killer(daemon):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import FakeClock
 from pmrun import _procfs
 from pmrun.diagnostics.heap import agent_pids, answer_lines, breakdown, table_lines, tree_breakdown
 
@@ -146,15 +147,8 @@ def test_a_cache_of_strings_is_counted() -> None:
 def test_the_walk_keeps_to_its_budget_and_counts_tracked_objects_first() -> None:
     from pmrun.diagnostics.heap import count_types
 
-    class Clock:  # a second passes at every reading
-        now = 0.0
-
-        def __call__(self) -> float:
-            self.now += 1.0
-            return self.now
-
     strings = [f"s{i}" * 10 for i in range(50_000)]
-    out = count_types(budget_s=0.5, clock=Clock())
+    out = count_types(budget_s=0.5, clock=FakeClock(start=0.0, step_s=1.0))  # a second a reading
     assert out["truncated"] is True and out["untracked_complete"] is False
     assert out["objects"] >= 1
     roomy = count_types(budget_s=1e9)

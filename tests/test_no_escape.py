@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PMRUN, PYTHON
-from helpers import pid_alive, wait_until
+from helpers import NOBODY, become_nobody, pid_alive, wait_until
 
 TREE = str(Path(__file__).parent / "agents" / "tree.py")
 SEEDS = range(4)
@@ -142,7 +142,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-NOBODY = 65534
 
 
 @pytest.fixture
@@ -162,18 +161,14 @@ def shared_dir() -> Iterator[Path]:
 def setuid_helper(shared_dir: Path) -> str:
     import shutil
 
-    if os.geteuid() != 0 or shutil.which("gcc") is None or shutil.which("setpriv") is None:
-        pytest.skip("needs root, gcc and setpriv")
+    if os.geteuid() != 0 or shutil.which("gcc") is None:
+        pytest.skip("needs root and gcc")
     src = shared_dir / "helper.c"
     src.write_text(SETUID_HELPER)
     exe = shared_dir / "helper"
     subprocess.run(["gcc", "-o", str(exe), str(src)], check=True)
     os.chmod(exe, 0o4755)  # setuid root
     return str(exe)
-
-
-def _as_nobody(*argv: str) -> list[str]:
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
 
 
 @pytest.mark.parametrize("mode", ["euid", "full"])
@@ -188,7 +183,8 @@ def test_a_process_of_another_uid_in_a_non_root_agent_does_not_crash_pmrun(
     # The helper keeps no pipe of ours open: the test reads pmrun's output to EOF.
     script = f"{setuid_helper} {mode} > {pidfile} 2>/dev/null & while [ ! -s {pidfile} ]; do sleep 0.01; done"
     r = subprocess.run(
-        _as_nobody(PMRUN, "--no-coordinator", "--report", str(report), "--", "sh", "-c", script),
+        [PMRUN, "--no-coordinator", "--report", str(report), "--", "sh", "-c", script],
+        preexec_fn=become_nobody,
         cwd=shared_dir,
         capture_output=True,
         text=True,

@@ -12,12 +12,10 @@ import pytest
 
 from conftest import PMRUN
 from coordinator_fixtures import Daemon, coordinator_pids
-from helpers import wait_until
+from helpers import NOBODY, wait_until
 from pmrun.coordinator import query
 from pmrun.coordinator.paths import lock_path, log_path
 from pmrun.errors import SocketSecurityError
-
-NOBODY = 65534
 
 
 def plant(kind: str, path: str, target: Path) -> None:

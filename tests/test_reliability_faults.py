@@ -23,7 +23,7 @@ import pytest
 
 from conftest import PMRUN, PYTHON
 from coordinator_fixtures import Daemon
-from helpers import pid_alive, wait_until
+from helpers import agent_info, pid_alive, wait_until
 from pmrun.coordinator import query
 from pmrun.coordinator.link import AgentLink
 from pmrun.errors import PmrunError
@@ -166,11 +166,13 @@ def test_a_service_hung_in_its_handler_costs_a_broadcast_its_settle_time_only(
     result = wait_until(pressure_result, 20, "a pressure broadcast reached both services")
     answered = {a["service"]: a for a in result["answered"] + result["no_answer"]}
     assert "error" not in answered["cache"] and answered["cache"]["bytes"] is not None
+    # "stuck" sleeps 1000 s in its handler: the broadcast is over while it still sleeps, cut
+    # off by the settle time (the service's own deadline from the request's timeout_s, or
+    # the coordinator's). Were it waited for, no result would be logged (the wait above).
     assert answered["stuck"]["error"] in ("timeout: still running", "no answer")
-    assert result["elapsed_s"] < settle + 0.5
-    t0 = time.monotonic()  # and the coordinator is not held up by the stuck service
+    assert hung.poll() is None
+    # ... and meanwhile the coordinator serves others (a query that waited would time out).
     assert d.status()["pressure"]["level"] in ("warning", "critical")
-    assert time.monotonic() - t0 < 1.0
 
     t0 = time.monotonic()
     r = run_pmrun("cleanup", "--socket", d.socket, "--json", timeout=30)
@@ -180,7 +182,7 @@ def test_a_service_hung_in_its_handler_costs_a_broadcast_its_settle_time_only(
     results = {x["service"]: x for x in out["results"]}
     assert "error" not in results["cache"]
     assert results["stuck"]["error"].startswith(("timeout", "busy", "no answer"))
-    assert out["elapsed_s"] < settle + 0.5
+    assert hung.poll() is None  # answered while "stuck" still sleeps in its handler
     manual = [e for e in d.events("evict.result") if e["pressure"] == "manual"]
     assert manual and {a["service"] for a in manual[-1]["answered"]} >= {"cache"}
     assert d.proc.poll() is None and answers(d.socket)
@@ -193,15 +195,6 @@ def test_a_service_hung_in_its_handler_costs_a_broadcast_its_settle_time_only(
 
 
 # -- the event log cannot be written ----------------------------------------------------
-
-
-def agent_info(name: str) -> dict[str, Any]:
-    return {
-        "agent_id": f"id-{name}", "name": name, "launcher_pid": os.getpid(),
-        "child_pid": os.getpid(), "uid": os.geteuid(), "argv": [name], "max_rss": 1 << 30,
-        "warn_rss": 1 << 29, "priority": 0, "backend": {"name": "sampling", "reason": "test"},
-        "started": time.time(),
-    }  # fmt: skip
 
 
 def exercise(d: Daemon, rounds: int, tag: str = "") -> None:

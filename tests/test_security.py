@@ -31,14 +31,13 @@ import pytest
 
 from conftest import PYTHON
 from coordinator_fixtures import Daemon
-from helpers import pid_alive, wait_until
+from helpers import NOBODY, become_nobody, pid_alive, wait_until
 from pmrun import _procfs
 from pmrun.coordinator import protocol as p
 from pmrun.coordinator import query
 from pmrun.errors import SocketSecurityError
 from test_reliability_load import record_figures
 
-NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
 SRC = Path(__file__).resolve().parent.parent / "src" / "pmrun"
 
@@ -94,7 +93,7 @@ print("CONNS", conns, "BYTES", nbytes, flush=True)
 
 def as_nobody(*argv: str, **kw) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [SYSTEM_PYTHON, "-I", *argv], user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
+        [SYSTEM_PYTHON, "-I", *argv], preexec_fn=become_nobody, cwd="/",
         capture_output=True, text=True, timeout=30, **kw,
     )  # fmt: skip
 
@@ -167,7 +166,7 @@ def rogue(sockdir) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     os.chmod(sockdir, 0o755)
     path = str(d / "c.sock")
     proc = subprocess.Popen(
-        [SYSTEM_PYTHON, "-I", "-c", ROGUE, path], user=NOBODY, group=NOBODY, extra_groups=[],
+        [SYSTEM_PYTHON, "-I", "-c", ROGUE, path], preexec_fn=become_nobody,
         cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -315,7 +314,7 @@ def test_a_client_cannot_make_the_coordinator_signal_what_is_not_its_agents_tree
     assert attacker.stdout.readline().strip() == "CONNECTED"
     assert _procfs.start_time(attacker.pid) > start_older
     wrong_start = sleeper(procs)
-    other_uid = sleeper(procs, user=NOBODY, group=NOBODY, extra_groups=[])
+    other_uid = sleeper(procs, preexec_fn=become_nobody)
     younger = sleeper(procs)  # same uid, younger than the attacker, exact start time
     wait_until(lambda: all(pid_alive(x.pid) for x in (wrong_start, other_uid, younger)), 5)
     pids = [
@@ -360,7 +359,7 @@ def test_a_dead_launcher_s_reported_tree_is_killed_only_where_it_provably_is_its
     assert attacker.stdout.readline().strip() == "CONNECTED"
     assert _procfs.start_time(attacker.pid) > start_older
     wrong_start = sleeper(procs)
-    other_uid = sleeper(procs, user=NOBODY, group=NOBODY, extra_groups=[])
+    other_uid = sleeper(procs, preexec_fn=become_nobody)
     younger = sleeper(procs)
     wait_until(lambda: all(pid_alive(x.pid) for x in (wrong_start, other_uid, younger)), 5)
     pids = [
