@@ -82,3 +82,17 @@ def agent_info(name: str = "agent", **fields: Any) -> dict[str, Any]:
     }  # fmt: skip
     info.update(fields)
     return info
+
+
+def backends_here() -> list[str]:
+    """The launcher backends this machine can run: sampling, and cgroup where a memory
+    controller is found (tests parametrized over both run each one that can)."""
+    from pmrun.errors import CgroupError
+
+    try:
+        from pmrun.cgroups import detect
+
+        detect()
+        return ["sampling", "cgroup"]
+    except (ImportError, CgroupError):
+        return ["sampling"]

@@ -15,21 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import backends_here
+
 COMMANDS = (["--version"], ["--help"], ["mcp", "list"])
 BASE = ["--no-coordinator"]
 PMRUN = str(Path(sys.executable).parent / "pmrun")
-
-
-def _backends() -> list[str]:
-    from pmrun.errors import CgroupError
-
-    try:
-        from pmrun.cgroups import detect
-
-        detect()
-        return ["sampling", "cgroup"]
-    except (ImportError, CgroupError):
-        return ["sampling"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -61,7 +51,7 @@ def test_same_verdict_on_both_backends_at_200m(
     env = _env(tmp_path)
     bare = subprocess.run([str(claude), *args], capture_output=True, env=env, timeout=120)
     verdicts = {}
-    for backend in _backends():
+    for backend in backends_here():
         report = tmp_path / f"{backend}.json"
         r = subprocess.run(
             [
@@ -87,7 +77,7 @@ def test_same_verdict_on_both_backends_at_200m(
     assert set(verdicts.values()) == {(bare.returncode, "exit")}, verdicts
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backends_here())
 def test_the_peak_of_claude_version_is_seen(claude: Path, tmp_path: Path, backend: str) -> None:
     """A 100 ms command's peak is sampled (it was the 24 KiB of the exec'ing launcher)."""
     report = tmp_path / "r.json"

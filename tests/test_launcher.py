@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PMRUN, PYTHON
-from helpers import pid_alive, wait_until
+from helpers import backends_here, pid_alive, wait_until
 
 # A child that allocates MB megabytes in STEP-MB chunks (written, so resident), then sleeps.
 ALLOC = """
@@ -30,19 +30,7 @@ time.sleep(hold)
 BASE = ["--no-coordinator"]
 
 
-def _backends() -> list[str]:
-    from pmrun.errors import CgroupError
-
-    try:
-        from pmrun.cgroups import detect
-
-        detect()
-        return ["sampling", "cgroup"]
-    except (ImportError, CgroupError):
-        return ["sampling"]
-
-
-@pytest.fixture(autouse=True, params=_backends())
+@pytest.fixture(autouse=True, params=backends_here())
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every scenario runs under each backend this machine has (PMRUN_BACKEND reaches pmrun)."""
     monkeypatch.setenv("PMRUN_BACKEND", request.param)

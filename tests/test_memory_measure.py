@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import backends_here
 from pmrun import _procfs
 
 PYTHON = sys.executable
@@ -25,19 +26,7 @@ BASE = ["--no-coordinator", "--grace", "1"]
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _backends() -> list[str]:
-    from pmrun.errors import CgroupError
-
-    try:
-        from pmrun.cgroups import detect
-
-        detect()
-        return ["sampling", "cgroup"]
-    except (ImportError, CgroupError):
-        return ["sampling"]
-
-
-BACKENDS = _backends()
+BACKENDS = backends_here()
 
 # Maps a file read-only, touches every page, holds it (so samples see it), and exits 0.
 MMAP_FILE = r"""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import backends_here
 from pmrun import _procfs
 
 PMRUN = str(Path(sys.executable).parent / "pmrun")
@@ -53,18 +54,6 @@ int main(int argc, char **argv) {
 """
 
 
-def _backends() -> list[str]:
-    from pmrun.errors import CgroupError
-
-    try:
-        from pmrun.cgroups import detect
-
-        detect()
-        return ["sampling", "cgroup"]
-    except (ImportError, CgroupError):
-        return ["sampling"]
-
-
 @pytest.fixture(scope="module")
 def forker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gcc = shutil.which("gcc")
@@ -77,7 +66,7 @@ def forker(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("limit", ["-Sn 256", "-n 256"], ids=["soft-256", "hard-256"])
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backends_here())
 def test_a_wide_tree_under_a_small_fd_limit_is_stopped_at_its_limit(
     forker: Path, tmp_path: Path, backend: str, limit: str
 ) -> None:
