@@ -37,8 +37,8 @@ def wait_until(
 
 
 def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is neither a zombie nor dead (a reaped-later child
-    counts as gone: it can do nothing any more)."""
+    """True while ``pid`` exists and is not a zombie (one that exited but is not reaped yet
+    can do nothing any more: it counts as gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")

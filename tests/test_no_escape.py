@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PMRUN, PYTHON
-from helpers import NOBODY, become_nobody, pid_alive, wait_until
+from helpers import NOBODY, pid_alive, wait_until
 
 TREE = str(Path(__file__).parent / "agents" / "tree.py")
 SEEDS = range(4)
@@ -161,14 +161,20 @@ def shared_dir() -> Iterator[Path]:
 def setuid_helper(shared_dir: Path) -> str:
     import shutil
 
-    if os.geteuid() != 0 or shutil.which("gcc") is None:
-        pytest.skip("needs root and gcc")
+    if os.geteuid() != 0 or shutil.which("gcc") is None or shutil.which("setpriv") is None:
+        pytest.skip("needs root, gcc and setpriv")
     src = shared_dir / "helper.c"
     src.write_text(SETUID_HELPER)
     exe = shared_dir / "helper"
     subprocess.run(["gcc", "-o", str(exe), str(src)], check=True)
     os.chmod(exe, 0o4755)  # setuid root
     return str(exe)
+
+
+def _as_nobody(*argv: str) -> list[str]:
+    # Not become_nobody(): setpriv keeps root's capabilities until its exec, so pmrun's
+    # interpreter may live where nobody cannot look (a Python under /root).
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
 
 
 @pytest.mark.parametrize("mode", ["euid", "full"])
@@ -183,8 +189,7 @@ def test_a_process_of_another_uid_in_a_non_root_agent_does_not_crash_pmrun(
     # The helper keeps no pipe of ours open: the test reads pmrun's output to EOF.
     script = f"{setuid_helper} {mode} > {pidfile} 2>/dev/null & while [ ! -s {pidfile} ]; do sleep 0.01; done"
     r = subprocess.run(
-        [PMRUN, "--no-coordinator", "--report", str(report), "--", "sh", "-c", script],
-        preexec_fn=become_nobody,
+        _as_nobody(PMRUN, "--no-coordinator", "--report", str(report), "--", "sh", "-c", script),
         cwd=shared_dir,
         capture_output=True,
         text=True,
