@@ -520,8 +520,10 @@ class HeapResult(Message):
 class Shutdown(Message):
     """Client -> coordinator: exit cleanly (``pmrun coordinator stop``). Answered by ``ok``.
 
-    Launchers keep enforcing their agents' own limits, resume any paused agent and
-    reconnect when a coordinator serves the socket again.
+    Coordinator -> launcher, just before a clean stop (a shutdown request, SIGTERM): the
+    launcher keeps enforcing its agent's own limits, resumes it if paused and registers
+    again when a coordinator serves the socket, but does not start one itself, so that
+    the stop holds.
     """
 
     TYPE = "shutdown"

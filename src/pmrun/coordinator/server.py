@@ -973,6 +973,8 @@ class Coordinator:
                 srv.close()
             for c in list(self.conns.values()):
                 if c.transport is not None:
+                    if c.agent is not None:  # a clean stop: its launcher must not undo it
+                        c.send(p.Shutdown())
                     c.transport.close()
             monitor.cancel()
             psi_watch.close()
