@@ -241,10 +241,9 @@ def test_ensure_coordinator_starts_one_detached_daemon_on_demand(sockdir):  # no
         assert int(fields[3]) not in (os.getsid(0), pong.pid)
         assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
         assert os.path.exists(os.path.join(os.path.dirname(path), "coordinator.log"))
-        t0 = time.perf_counter()
-        for _ in range(100):
+        for _ in range(20):  # one answers: nothing more is started (its cost: benchmarks/)
             assert ensure_coordinator(path) is True
-        assert (time.perf_counter() - t0) / 100 < 1e-3
+        assert coordinator_pids(path) == [pong.pid]
     finally:
         _stop_daemons(path)
 
