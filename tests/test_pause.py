@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from coordinator_fixtures import PYTHON, Daemon, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import (  # noqa: F401
+    PYTHON,
+    Daemon,
+    procs,
+    sockdir,
+    stop_every_coordinator,
+    wait_until,
+)
 from pmrun import cgroups
 from pmrun.cgroups._parse import parse_proc_cgroup
 from pmrun.errors import PmrunError
@@ -212,8 +219,10 @@ def test_a_runaway_over_its_own_limit_is_stopped_not_paused(procs, sockdir):  # 
 def test_no_pause_agent_is_never_paused_the_other_one_is(procs, sockdir):  # noqa: F811
     d = daemon(procs, sockdir)
     hold = sockdir / "release-a"
-    a = Agent(procs, d.socket, "a", 150, 0.0, hold=str(hold), tmp=sockdir)
-    wait_until(lambda: d.agents().get("a", {}).get("rss_bytes", 0) >= 140 * MIB, 20, "a reported")
+    # Both grow at once (within the coordinator's growth window, however slow the machine):
+    # b, the newest grower, would be paused but for --no-pause.
+    a = Agent(procs, d.socket, "a", 150, 0.05, hold=str(hold), tmp=sockdir)
+    wait_until(lambda: "a" in d.agents(), 20, "a registered")
     hb = sockdir / "release-b"
     b = Agent(procs, d.socket, "b", 200, 0.05, "--no-pause", hold=str(hb), tmp=sockdir)
     wait_until(lambda: events(d, "agent.pause"), 20, "someone paused")
@@ -276,6 +285,7 @@ def test_coordinator_killed_while_paused_leaves_the_agent_running(procs, sockdir
     assert any("coordinator connection lost" in x for x in b.err), b.err
     hold.touch()
     assert a.finish()["exit_status"] == 0
+    stop_every_coordinator(d.socket)  # one the launchers started again after the SIGKILL
 
 
 def test_a_paused_agent_asked_to_end_is_resumed_so_that_it_can(procs, sockdir):  # noqa: F811
