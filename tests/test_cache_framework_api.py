@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 import cache_contract
+from helpers import FakeClock
 from pmrun import cache as pmcache
 from pmrun.cache import CacheValueTooLarge, SharedPromptCache
 from pmrun.errors import UsageError
-from test_cache import FakeTimer, audit, make_cache
+from test_cache import audit, make_cache
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +142,7 @@ def test_invalidation_callbacks_see_the_pattern_and_a_failing_one_is_logged(
 
 
 def test_metrics_count_the_framework_s_way() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     cache = make_cache(max_bytes="1MB", max_entries=3, timer=timer)
     for i in range(4):
         assert cache.set(f"k{i}", "v", 10 if i == 0 else None) is True  # ttl positional
@@ -159,7 +160,7 @@ def test_metrics_count_the_framework_s_way() -> None:
 
 
 def test_cache_info_ages_and_metadata() -> None:
-    timer = FakeTimer()
+    timer = FakeClock()
     cache = make_cache(timer=timer)
     cache.set("k", "v", 50, {"tier": "system"})
     timer.tick(7)

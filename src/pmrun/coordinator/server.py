@@ -217,6 +217,7 @@ class Coordinator:
         self._step_lock = asyncio.Lock()
         self._wake: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
+        self._stop_holds = True  # see request_stop
         self._acting = False
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by serve()
 
@@ -916,7 +917,10 @@ class Coordinator:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def request_stop(self) -> None:
+    def request_stop(self, *, hold: bool = True) -> None:
+        """Stop serving. ``hold``: a stop the launchers must not undo by starting another
+        coordinator (not so for an idle exit, which a registration may have raced)."""
+        self._stop_holds = hold
         if self._stopping is not None:
             self._stopping.set()
 
@@ -973,6 +977,8 @@ class Coordinator:
                 srv.close()
             for c in list(self.conns.values()):
                 if c.transport is not None:
+                    if c.agent is not None:  # whether its launcher may start another
+                        c.send(p.Shutdown(hold=self._stop_holds))
                     c.transport.close()
             monitor.cancel()
             psi_watch.close()
