@@ -3,6 +3,9 @@
 Every test runs with its own ``PMRUN_TEST_TOKEN`` in the environment, which every
 process it starts inherits. At teardown, any live process still carrying the token
 is a leak: it is killed, and the test fails naming it.
+
+The fixtures every coordinator test takes (``procs``, ``sockdir``) live here too; plain
+helpers (waits, liveness, a fake clock, another uid) are in ``helpers.py``.
 """
 
 from __future__ import annotations
