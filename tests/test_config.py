@@ -250,6 +250,10 @@ def test_display_value() -> None:
     assert display_value(by["agent.coordinator"], False) == "false"
     assert display_value(by["coordinator.socket"], "") == '""'
     assert display_value(by["agent.backend"], "cgroup") == "cgroup"
+    # None is not always "off": an expected size of None is learned ("auto"), a TTL of
+    # "off" is infinite.
+    assert display_value(by["agent.expect"], None) == "auto"
+    assert display_value(by["cache.ttl"], float("inf")) == "off"
 
 
 def test_real_cli_config(project: Path, monkeypatch: pytest.MonkeyPatch, run_pmrun) -> None:
