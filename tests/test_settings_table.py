@@ -85,6 +85,7 @@ SHOWN = [
     (config.Fraction(), 0.8, "80%"),
     (config.Fraction(), 0.75, "75%"),
     (config.Fraction(), 1.0, "100%"),
+    (config.Fraction(), 0.123456789, "12.3456789%"),  # every digit it needs, as a percentage
     (config.Seconds(), 300.0, "300s"),
     (config.Seconds(), 0.5, "0.5s"),
     (config.Ttl(), math.inf, "off"),
