@@ -287,3 +287,12 @@ def test_coordinator_settings_fields_named_after_a_setting_exist() -> None:
     named = [f.metadata["setting"] for f in dataclasses.fields(CoordinatorSettings)
              if "setting" in f.metadata]  # fmt: skip
     assert named and set(named) <= set(config.BY_NAME)
+
+
+def test_coordinator_help_paragraphs_are_wrapped_as_prose(run_pmrun) -> None:
+    """The group's help adds lines to the daemon's docstring: still dedented, no runs of spaces."""
+    out = run_pmrun("coordinator", "--help")
+    assert out.returncode == 0, out.stderr
+    description = out.stdout.split("Options:", 1)[0]
+    assert "  Keeps the sum of all pmrun agents" in description
+    assert not any("   " in line.strip() for line in description.splitlines()), description

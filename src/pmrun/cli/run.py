@@ -21,14 +21,14 @@ class Option:
     :class:`~pmrun.config.Setting`; the launcher's own options are written here.
     """
 
-    __slots__ = ("flag", "metavar", "help", "setting", "value")
+    __slots__ = ("flag", "metavar", "_help", "setting", "value")
 
     def __init__(
         self, flag: str, metavar: str | None, help: str, setting: config.Setting | None = None
     ) -> None:
         self.flag = flag  # "--report"
         self.metavar = metavar  # None for a boolean flag
-        self.help = help
+        self._help = help
         self.setting = setting  # the config.Setting it sets; None for a launcher-only option
         # What a boolean flag stores: True, or a switch's opposite of its default.
         self.value = True if setting is None else setting.flag_value
@@ -36,7 +36,12 @@ class Option:
     @classmethod
     def of(cls, setting: config.Setting) -> Option:
         metavar = None if setting.flag_value is not None else setting.kind.metavar
-        return cls(setting.flag, metavar, setting.option_help(), setting)
+        return cls(setting.flag, metavar, "", setting)
+
+    @property
+    def help(self) -> str:
+        """Its --help line; a setting's is made only when asked (a launch never needs it)."""
+        return self._help if self.setting is None else self.setting.option_help()
 
 
 # Every agent setting is a launcher flag, and so is the socket it registers on.
