@@ -1,5 +1,10 @@
 """Settings: one registry, read from flags > environment > project > user > defaults.
 
+:data:`SETTINGS` is the one place of each setting's default and help sentence; its
+:class:`Kind` (size, fraction, seconds, ...) parses values and shows them. The launcher's
+and the coordinator's options, ``CoordinatorSettings``, `pmrun config` and the docs are
+made from it.
+
 Project config is ``pmrun.toml`` or ``[tool.pmrun]`` in ``pyproject.toml``, found in the
 current directory or the nearest parent that has one (as ruff and black look for theirs).
 User config is ``$XDG_CONFIG_HOME/pmrun/config.toml`` (default ``~/.config/pmrun``).
@@ -224,6 +229,9 @@ class Text(Kind):
         return raw
 
 
+OFF = ("off", "none", "never")  # the words for "no bound" of seconds
+
+
 class Or(Kind):
     """A value of ``inner``, or one of ``words`` for ``value`` (``off``: no bound, ``auto``)."""
 
@@ -246,16 +254,13 @@ class Ttl(Or):
     """Seconds, more than 0, or ``off``: entries never expire."""
 
     def __init__(self) -> None:
-        super().__init__(Seconds(most=None), ("off", "none", "never"), float("inf"))
+        super().__init__(Seconds(most=None), OFF, float("inf"))
 
     def parse(self, raw: Any) -> float:
         f = super().parse(raw)
         if f == 0:
             raise ValueError("expected seconds, more than 0 (or off)")
         return f
-
-
-OFF = ("off", "none", "never")  # the words for "no bound" of seconds
 
 
 class Setting:
