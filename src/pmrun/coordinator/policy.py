@@ -256,13 +256,12 @@ class Candidate:
     started: float  # unix time
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "agent": self.agent_id,
-            "name": self.name,
-            "bytes": self.bytes,
-            "priority": self.priority,
-            "started": self.started,
-        }
+        return {**_agent_row(self), "started": self.started}
+
+
+def _agent_row(a: Candidate | Pausable) -> dict[str, object]:
+    """What an event shows of an agent a decision weighed."""
+    return {"agent": a.agent_id, "name": a.name, "bytes": a.bytes, "priority": a.priority}
 
 
 VICTIM_POLICIES = ("largest", "newest", "priority")
@@ -341,14 +340,18 @@ def summarize(readings: Readings) -> Mapping[str, object]:
     }
 
 
-def order_figures(readings: Readings) -> dict[str, int]:
+ORDER_FIGURES = (
+    "pool_used_bytes",
+    "pool_limit_bytes",
+    "system_used_bytes",
+    "system_threshold_bytes",
+)
+
+
+def order_figures(readings: Readings) -> dict[str, object]:
     """The figures a pause, resume or stop order gives the launcher (for its event)."""
-    return {
-        "pool_used_bytes": readings.pool_used_bytes,
-        "pool_limit_bytes": readings.pool_limit_bytes,
-        "system_used_bytes": readings.system_used_bytes,
-        "system_threshold_bytes": readings.system_threshold_bytes,
-    }
+    figures = summarize(readings)
+    return {k: figures[k] for k in ORDER_FIGURES}
 
 
 # -- pause before kill --------------------------------------------------------------------
@@ -397,13 +400,7 @@ class Pausable:
         return self.max_rss is not None and own >= self.max_rss
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "agent": self.agent_id,
-            "name": self.name,
-            "bytes": self.bytes,
-            "priority": self.priority,
-            "growth_bytes": self.growth_bytes,
-        }
+        return {**_agent_row(self), "growth_bytes": self.growth_bytes}
 
 
 def held_aside_bytes(agents: Iterable[Pausable], now_s: float, max_pause_s: float) -> int:
