@@ -458,3 +458,33 @@ def fake_proc(
 
 if __name__ == "__main__":
     sys.exit(fake_launcher_main())
+
+
+def stop_every_coordinator(socket_path: str) -> None:
+    """Stop whichever coordinator serves, and one the launcher started on demand that was
+    still starting (it gives way to a live one, or serves once none is left): until no
+    coordinator of this test is left."""
+    from conftest import _pids_with_token
+
+    def ours() -> list[int]:
+        found = []
+        for pid in _pids_with_token(os.environ["PMRUN_TEST_TOKEN"]):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"coordinator" in argv:
+                found.append(pid)
+        return found
+
+    def none_left() -> bool:
+        stop = subprocess.run(
+            [PYTHON, "-m", "pmrun", "coordinator", "stop", "--socket", socket_path],
+            capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        assert stop.returncode == 0, stop.stderr
+        return not ours()
+
+    wait_until(none_left, 60, "every coordinator of the test stopped")

