@@ -293,7 +293,7 @@ def end_lines(report: ExitReport, deferred: list[str]) -> list[str]:
     return lines
 
 
-def no_coordinator_line(why: str) -> str:
+def no_coordinator_line(why: object) -> str:
     """Said when the agent runs without a coordinator it was meant to have."""
     return f"warning: no coordinator ({why}); enforcing this agent's own limits only"
 
