@@ -601,3 +601,11 @@ def test_no_coordinator_line() -> None:
 )
 def test_refused_line_names_five_and_counts_all(pids: list[int], want: str) -> None:
     assert supervision.refused_line(pids, lambda p: f"p{p}", lambda p: str(1000 + p)) == want
+
+
+@pytest.mark.parametrize(
+    ("name", "pid", "want"),
+    [("claude", 42, "claude (pid 42)"), ("my agent", 0, "my agent (pid 0)")],
+)
+def test_agent_label(name: str, pid: int, want: str) -> None:
+    assert supervision.agent_label(name, pid) == want

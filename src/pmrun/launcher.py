@@ -25,6 +25,7 @@ from .report import ExitReport, Limits, write_report
 from .sizes import format_size
 from .supervision import (
     TreeStats,
+    agent_label,
     build_report,
     end_lines,
     end_reason,
@@ -456,7 +457,7 @@ class Launcher:
         backend.keeper_pid = self._keeper.pid
         backend.started(self._pid)
         self._pausectl.bind(
-            backend, self._say, self._event, f"{self.settings.name} (pid {self._pid})"
+            backend, self._say, self._event, agent_label(self.settings.name, self._pid)
         )
         if type(backend).wakeup_fd is not Backend.wakeup_fd:
             _thread.start_new_thread(self._relay_wakeups, (backend,))

@@ -183,7 +183,7 @@ def message(
     wait_status: int,
 ) -> str:
     """The report's one line for people: how the agent ended, with the figures that tell why."""
-    who = f"{name} (pid {pid})"
+    who = agent_label(name, pid)
     big = (
         f"; biggest process: pid {biggest.pid} {biggest.name} ({format_size(biggest.rss_bytes)})"
         if biggest
@@ -275,10 +275,15 @@ def build_report(
 # -- pmrun's lines on stderr (without the "pmrun: " every line gets) ----------------------
 
 
+def agent_label(name: str, pid: int) -> str:
+    """How pmrun's lines name an agent: ``claude (pid 42)``, the pid being the command's."""
+    return f"{name} (pid {pid})"
+
+
 def warn_line(name: str, pid: int, counted: str, rss_bytes: int, limits: Limits) -> str:
     """Said once when the tree first passes --warn-rss."""
     return (
-        f"warning: {name} (pid {pid}) memory ({counted}) {format_size(rss_bytes)}"
+        f"warning: {agent_label(name, pid)} memory ({counted}) {format_size(rss_bytes)}"
         f" passed --warn-rss {format_size(limits.warn_rss)}"
         f" (stop at {format_size(limits.max_rss)})"
     )
