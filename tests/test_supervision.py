@@ -609,3 +609,8 @@ def test_refused_line_names_five_and_counts_all(pids: list[int], want: str) -> N
 )
 def test_agent_label(name: str, pid: int, want: str) -> None:
     assert supervision.agent_label(name, pid) == want
+
+
+def test_repr_shows_the_figures_so_far() -> None:
+    stats, _, _ = feed([sample(30 * M, (2, 20 * M, 0))])
+    assert repr(stats) == f"TreeStats(samples=1, peak_bytes={30 * M}, biggest=pid 2)"

@@ -74,6 +74,10 @@ class TreeStats:
     def peak_bytes(self) -> int:
         return self.watch.peak_bytes
 
+    def __repr__(self) -> str:
+        big = f"pid {self.biggest.pid}" if self.biggest else None
+        return f"TreeStats(samples={self.samples}, peak_bytes={self.peak_bytes}, biggest={big})"
+
     def observe(self, sample: Sample, now_s: float) -> str:
         """Feed one sample taken at ``now_s``; returns the limit it crossed first (``policy.Crossing``)."""
         rss = sample.rss_bytes
