@@ -162,11 +162,11 @@ def _layered(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 EXPECTED_SOURCES = {
-    "agent.max-rss": ("flag", 3 << 30, "3.0G"),
-    "agent.warn-rss": ("env PMRUN_WARN_RSS", 700 << 20, "700.0M"),
-    "coordinator.pool": ("project {project}/pmrun.toml", 6 << 30, "6.0G"),
-    "cache.ttl": ("user {user}", 60.0, "60"),
-    "agent.grace": ("default", 5.0, "5"),
+    "agent.max-rss": ("flag", 3 << 30, "3G"),
+    "agent.warn-rss": ("env PMRUN_WARN_RSS", 700 << 20, "700M"),
+    "coordinator.pool": ("project {project}/pmrun.toml", 6 << 30, "6G"),
+    "cache.ttl": ("user {user}", 60.0, "60s"),
+    "agent.grace": ("default", 5.0, "5s"),
 }
 
 
@@ -243,13 +243,17 @@ def test_config_errors_are_one_line(
 
 def test_display_value() -> None:
     by = config.BY_NAME
-    assert display_value(by["agent.max-rss"], 1 << 30) == "1.0G"
+    assert display_value(by["agent.max-rss"], 1 << 30) == "1G"
     assert display_value(by["agent.max-as"], None) == "off"
     assert display_value(by["coordinator.psi-threshold"], None) == "off"
     assert display_value(by["coordinator.system-threshold"], 0.8) == "80%"
     assert display_value(by["agent.coordinator"], False) == "false"
     assert display_value(by["coordinator.socket"], "") == '""'
     assert display_value(by["agent.backend"], "cgroup") == "cgroup"
+    # None is not always "off": an expected size of None is learned ("auto"), a TTL of
+    # "off" is infinite.
+    assert display_value(by["agent.expect"], None) == "auto"
+    assert display_value(by["cache.ttl"], float("inf")) == "off"
 
 
 def test_real_cli_config(project: Path, monkeypatch: pytest.MonkeyPatch, run_pmrun) -> None:

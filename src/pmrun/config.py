@@ -1,5 +1,10 @@
 """Settings: one registry, read from flags > environment > project > user > defaults.
 
+:data:`SETTINGS` is the one place of each setting's default and help sentence; its
+:class:`Kind` (size, fraction, seconds, ...) parses values and shows them. The launcher's
+and the coordinator's options, ``CoordinatorSettings``, `pmrun config` and the docs are
+made from it.
+
 Project config is ``pmrun.toml`` or ``[tool.pmrun]`` in ``pyproject.toml``, found in the
 current directory or the nearest parent that has one (as ruff and black look for theirs).
 User config is ``$XDG_CONFIG_HOME/pmrun/config.toml`` (default ``~/.config/pmrun``).
@@ -14,7 +19,7 @@ import os
 from _collections_abc import Mapping  # collections.abc without importing collections
 
 from .errors import ConfigError, PmrunError
-from .sizes import parse_fraction, parse_optional_size, parse_size
+from .sizes import parse_fraction, parse_size
 
 TYPE_CHECKING = False  # not `from typing import`: the launch path avoids importing typing
 
@@ -32,16 +37,18 @@ MAX_PRIORITY = (1 << 31) - 1
 def _parse_float(v: Any) -> float:
     if isinstance(v, bool):
         raise ValueError("expected a number")
-    f = float(v)
+    try:
+        f = float(v)
+    except ValueError as e:
+        # "300s", the form `pmrun config` and --help show seconds in.
+        if not (isinstance(v, str) and v.strip().endswith("s")):
+            raise
+        try:
+            f = float(v.strip()[:-1])
+        except ValueError:
+            raise e from None
     if f != f or f < 0 or f == float("inf"):
         raise ValueError("expected a finite number, zero or more")
-    return f
-
-
-def _parse_seconds(v: Any) -> float:
-    f = _parse_float(v)
-    if f > MAX_SECONDS:
-        raise ValueError(f"expected seconds, at most {MAX_SECONDS:g}")
     return f
 
 
@@ -56,35 +63,6 @@ def _parse_int(v: Any, most: int = MAX_INT) -> int:
     return i
 
 
-def _parse_priority(v: Any) -> int:
-    # 1e300 in TOML is a float that is_integer(): refused here, not by the coordinator later.
-    return _parse_int(v, MAX_PRIORITY)
-
-
-def _parse_positive_int(v: Any) -> int:
-    i = _parse_int(v)
-    if i == 0:
-        raise ValueError("expected a whole number, 1 or more")
-    return i
-
-
-def _parse_ttl(v: Any) -> float:
-    """Seconds, more than 0; ``off`` means entries never expire."""
-    if isinstance(v, str) and v.strip().lower() in ("off", "none", "never"):
-        return float("inf")
-    f = _parse_float(v)
-    if f == 0:
-        raise ValueError("expected seconds, more than 0 (or off)")
-    return f
-
-
-def _parse_port(v: Any) -> int:
-    i = _parse_int(v)
-    if i > 65535:
-        raise ValueError("expected a TCP port, 0 to 65535")
-    return i
-
-
 def _parse_bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -96,66 +74,255 @@ def _parse_bool(v: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _choice(*options: str) -> Callable[[Any], str]:
-    def parse(v: Any) -> str:
-        s = str(v).strip().lower()
-        if s not in options:
-            raise ValueError(f"expected one of {', '.join(options)}")
+def _shortest(candidates: Iterator[str], parse: Callable[[str], Any], value: Any) -> str | None:
+    """The first of ``candidates`` that parses back to ``value`` exactly."""
+    for text in candidates:
+        if parse(text) == value:
+            return text
+    return None
+
+
+class Kind:
+    """A type of setting: how a raw value (flag, environment, TOML) is parsed, and shown.
+
+    ``display`` writes a value in the form a user would type it (500M, 80%, 300s), and
+    ``parse`` reads that back to the same value: `pmrun config` and ``--help`` show what
+    can be pasted into a flag or a config file.
+    """
+
+    metavar = "VALUE"  # what --help shows after the flag
+    choices: tuple[str, ...] = ()  # the accepted words of a fixed set, for shell completion
+
+    def parse(self, raw: Any) -> Any:
+        """The typed value of ``raw``; raises ValueError (or a PmrunError) saying what is expected."""
+        raise NotImplementedError
+
+    def display(self, value: Any) -> str:
+        return str(value)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.metavar})"
+
+
+_UNIT_BYTES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class Size(Kind):
+    """Bytes, given with a binary unit (500M, 1.5G); shown exactly, in the largest unit that is."""
+
+    metavar = "SIZE"
+
+    def parse(self, raw: Any) -> int:
+        return parse_size(raw)
+
+    def display(self, value: int) -> str:
+        for unit in "TGMK":
+            scale = _UNIT_BYTES[unit]
+            if value >= scale:
+                texts = (f"{value / scale:.{d}f}{unit}" for d in range(3))
+                shown = _shortest(texts, parse_size, value)
+                if shown is not None:
+                    return shown
+        return str(value)
+
+
+class Fraction(Kind):
+    """A fraction in [0, 1], given as 80% or 0.8; shown as a percentage."""
+
+    metavar = "FRACTION"
+
+    def parse(self, raw: Any) -> float:
+        return parse_fraction(raw)
+
+    def display(self, value: float) -> str:
+        texts = (f"{value * 100:.{d}f}%" for d in range(17))
+        return _shortest(texts, parse_fraction, value) or repr(value)
+
+
+class Seconds(Kind):
+    """A finite number of seconds, zero or more and at most ``most``; shown as 300s."""
+
+    metavar = "SECONDS"
+
+    def __init__(self, most: float | None = MAX_SECONDS) -> None:
+        self.most = most  # None: no bound but finiteness
+
+    def parse(self, raw: Any) -> float:
+        f = _parse_float(raw)
+        if self.most is not None and f > self.most:
+            raise ValueError(f"expected seconds, at most {self.most:g}")
+        return f
+
+    def display(self, value: float) -> str:
+        return repr(value).removesuffix(".0") + "s"
+
+
+class Int(Kind):
+    """A whole number from 0 to ``most``."""
+
+    def __init__(self, most: int = MAX_INT, metavar: str = "N") -> None:
+        self.most = most
+        self.metavar = metavar
+
+    def parse(self, raw: Any) -> int:
+        return _parse_int(raw, self.most)
+
+
+class Count(Int):
+    """A whole number, 1 or more."""
+
+    def parse(self, raw: Any) -> int:
+        i = super().parse(raw)
+        if i == 0:
+            raise ValueError("expected a whole number, 1 or more")
+        return i
+
+
+class Port(Int):
+    """A TCP port number, 0 to 65535."""
+
+    def __init__(self) -> None:
+        super().__init__(metavar="PORT")
+
+    def parse(self, raw: Any) -> int:
+        i = super().parse(raw)
+        if i > 65535:
+            raise ValueError("expected a TCP port, 0 to 65535")
+        return i
+
+
+class Bool(Kind):
+    """true or false (also 1/0, yes/no, on/off); on a command line, a flag."""
+
+    metavar = "true|false"
+
+    def parse(self, raw: Any) -> bool:
+        return _parse_bool(raw)
+
+    def display(self, value: bool) -> str:
+        return "true" if value else "false"
+
+
+class Choice(Kind):
+    """One word of a fixed set, in any case."""
+
+    def __init__(self, *options: str) -> None:
+        self.choices = options
+        self.metavar = "|".join(options)
+
+    def parse(self, raw: Any) -> str:
+        s = str(raw).strip().lower()
+        if s not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}")
         return s
 
-    return parse
+
+class Text(Kind):
+    """Any string, e.g. a path; empty for the built-in default."""
+
+    def __init__(self, metavar: str = "PATH") -> None:
+        self.metavar = metavar
+
+    def parse(self, raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise ValueError("expected a string")
+        return raw
 
 
-def _text(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("expected a string")
-    return v
+OFF = ("off", "none", "never")  # the words for "no bound" of seconds
 
 
-def _parse_opt_seconds(v: Any) -> float | None:
-    """Seconds, zero or more; ``off`` (or ``none``) for no bound."""
-    if isinstance(v, str) and v.strip().lower() in ("off", "none", "never"):
-        return None
-    return _parse_float(v)
+class Or(Kind):
+    """A value of ``inner``, or one of ``words`` for ``value`` (``off``: no bound, ``auto``)."""
+
+    def __init__(self, inner: Kind, words: tuple[str, ...], value: Any = None) -> None:
+        self.inner = inner
+        self.words = words  # the first is the one shown
+        self.value = value
+        self.metavar = f"{inner.metavar}|{words[0]}"
+
+    def parse(self, raw: Any) -> Any:
+        if isinstance(raw, str) and raw.strip().lower() in self.words:
+            return self.value
+        return self.inner.parse(raw)
+
+    def display(self, value: Any) -> str:
+        return self.words[0] if value == self.value else self.inner.display(value)
 
 
-def _parse_expect(v: Any) -> int | None:
-    """A size; ``auto`` (None): learned from the event log, else --warn-rss."""
-    if isinstance(v, str) and v.strip().lower() == "auto":
-        return None
-    return parse_size(v)
+class Ttl(Or):
+    """Seconds, more than 0, or ``off``: entries never expire."""
 
+    def __init__(self) -> None:
+        super().__init__(Seconds(most=None), OFF, float("inf"))
 
-def _opt_fraction(v: Any) -> float | None:
-    if isinstance(v, str) and v.strip().lower() in ("off", "none"):
-        return None
-    return parse_fraction(v)
+    def parse(self, raw: Any) -> float:
+        f = super().parse(raw)
+        if f == 0:
+            raise ValueError("expected seconds, more than 0 (or off)")
+        return f
 
 
 class Setting:
-    """One setting: its name in each place it can be given, and how to parse it."""
+    """One setting: its name in each place it can be given, its kind, default and help.
 
-    __slots__ = ("key", "section", "env", "default", "parse", "help")
+    This table is the one source of each default and help sentence: the launcher's and the
+    coordinator's options, `pmrun config`, `pmrun init`'s template and the docs are made from it.
+    """
+
+    __slots__ = ("key", "section", "env", "default", "kind", "help", "flag_help")
 
     def __init__(
         self,
-        key: str,  # the key inside its config table, e.g. "max-rss"
-        section: str,  # "agent", "coordinator" or "cache"
+        key: str,  # the key inside its config table, e.g. "max-rss"; the flag is --KEY
+        section: str,  # "agent" (the launcher's flags), "coordinator" (its flags) or "cache"
         env: str,  # environment variable, e.g. "PMRUN_MAX_RSS"
-        default: Any,  # the raw default, parsed like any other value
-        parse: Callable[[Any], Any],  # raw value -> typed value; raises ValueError/PmrunError
-        help: str,  # one line for --help and `pmrun config`
+        default: Any,  # the raw default, parsed like any other value (and shown in TOML)
+        kind: Kind,  # how values are parsed and shown
+        help: str,  # one line for --help, `pmrun config` and the docs
+        flag_help: str = "",  # a switch on by default: what its --no-KEY flag does
     ) -> None:
         self.key = key
         self.section = section
         self.env = env
         self.default = default
-        self.parse = parse
+        self.kind = kind
         self.help = help
+        self.flag_help = flag_help
 
     @property
     def name(self) -> str:
         return f"{self.section}.{self.key}"
+
+    def parse(self, raw: Any) -> Any:
+        return self.kind.parse(raw)
+
+    def display(self, value: Any) -> str:
+        return self.kind.display(value)
+
+    @property
+    def default_value(self) -> Any:
+        """The default, parsed."""
+        return self.parse(self.default)
+
+    @property
+    def flag_value(self) -> bool | None:
+        """What the flag of a switch stores: the opposite of its default. None: it takes a value."""
+        return None if not isinstance(self.kind, Bool) else not self.default_value
+
+    @property
+    def flag(self) -> str:
+        """``--KEY``; a switch that is on by default has ``--no-KEY`` instead."""
+        return f"--no-{self.key}" if self.flag_value is False else f"--{self.key}"
+
+    def option_help(self) -> str:
+        """The flag's help line: what it means, its variable, and its default."""
+        if self.flag_value is not None:
+            switch = self.kind.display(self.flag_value)
+            return f"{self.flag_help or self.help} [env {self.env}={switch}]"
+        shown = self.display(self.default_value)
+        where = f"env {self.env}; default {shown}" if shown else f"env {self.env}"
+        return f"{self.help} [{where}]"
 
     def __repr__(self) -> str:
         return f"Setting({self.name!r})"
@@ -168,7 +335,7 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_MAX_RSS",
         "1G",
-        parse_size,
+        Size(),
         "hard limit on the RSS of the agent's whole process tree",
     ),
     Setting(
@@ -176,7 +343,7 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_WARN_RSS",
         "500M",
-        parse_size,
+        Size(),
         "soft threshold: one warning line when the tree crosses it",
     ),
     Setting(
@@ -184,7 +351,7 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_MAX_AS",
         "off",
-        parse_optional_size,
+        Or(Size(), ("off", "none", "unlimited", "infinity")),
         "RLIMIT_AS on the command, or 'off' (the default: sanitizers, Bun and the JVM"
         " reserve more address space than any such limit allows)",
     ),
@@ -193,7 +360,7 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_GRACE",
         5.0,
-        _parse_seconds,
+        Seconds(),
         "seconds between SIGTERM and SIGKILL when stopping the tree (0 = SIGKILL at once)",
     ),
     Setting(
@@ -201,7 +368,7 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_BACKEND",
         "auto",
-        _choice("auto", "cgroup", "sampling"),
+        Choice("auto", "cgroup", "sampling"),
         "how the limit is enforced: kernel cgroup, or RSS sampling",
     ),
     Setting(
@@ -209,7 +376,8 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_PRIORITY",
         0,
-        _parse_priority,
+        # 1e300 in TOML is a float that is_integer(): refused here, not by the coordinator.
+        Int(MAX_PRIORITY),
         "higher is spared longer when the coordinator must stop an agent (0 to 2147483647)",
     ),
     Setting(
@@ -217,31 +385,34 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_COORDINATOR",
         True,
-        _parse_bool,
+        Bool(),
         "register with the host's coordinator (started on demand)",
+        "run standalone: no coordinator",
     ),
     Setting(
         "pause",
         "agent",
         "PMRUN_PAUSE",
         True,
-        _parse_bool,
+        Bool(),
         "the coordinator may pause (freeze) this agent under pressure instead of stopping it",
+        "never pause this agent under pressure (e.g. an interactive session)",
     ),
     Setting(
         "wait",
         "agent",
         "PMRUN_WAIT",
         True,
-        _parse_bool,
+        Bool(),
         "wait before starting while the agent's expected size does not fit",
+        "start at once even if memory is short",
     ),
     Setting(
         "expect",
         "agent",
         "PMRUN_EXPECT",
         "auto",
-        _parse_expect,
+        Or(Size(), ("auto",)),
         "the agent's expected peak, for admission ('auto': learned, else --warn-rss)",
     ),
     Setting(
@@ -249,7 +420,7 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_WAIT_TIMEOUT",
         "off",
-        _parse_opt_seconds,
+        Or(Seconds(most=None), OFF),
         "longest wait before starting ('off': no bound)",
     ),
     Setting(
@@ -257,7 +428,7 @@ SETTINGS: tuple[Setting, ...] = (
         "agent",
         "PMRUN_WAIT_EXPIRED",
         "start",
-        _choice("start", "exit"),
+        Choice("start", "exit"),
         "after --wait-timeout: start anyway, or exit 75 (EX_TEMPFAIL)",
     ),
     # The coordinator.
@@ -266,7 +437,7 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_SOCKET",
         "",
-        _text,
+        Text(),
         "the coordinator's Unix socket (default: $XDG_RUNTIME_DIR/pmrun/coordinator.sock)",
     ),
     Setting(
@@ -274,7 +445,7 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_POOL",
         "2G",
-        parse_size,
+        Size(),
         "aggregate limit on the sum of all agents' trees",
     ),
     Setting(
@@ -282,7 +453,7 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_SYSTEM_THRESHOLD",
         "80%",
-        parse_fraction,
+        Fraction(),
         "act when this fraction of system (or container) memory is used",
     ),
     Setting(
@@ -290,7 +461,7 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_PSI_THRESHOLD",
         "10%",
-        _opt_fraction,
+        Or(Fraction(), ("off", "none")),
         "act when /proc/pressure/memory 'some avg10' passes this ('off' to ignore PSI)",
     ),
     Setting(
@@ -298,31 +469,32 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_EVICT_FRACTION",
         0.75,
-        parse_fraction,
-        "fraction of their caches services are asked to drop at the critical level",
+        Fraction(),
+        "fraction of their caches services are asked to drop at the critical level"
+        " (a third of it at the warning level)",
     ),
     Setting(
         "victim-policy",
         "coordinator",
         "PMRUN_VICTIM_POLICY",
         "largest",
-        _choice("largest", "newest", "priority"),
-        "which agent is stopped first when shedding caches was not enough",
+        Choice("largest", "newest", "priority"),
+        "which agent of the lowest priority is stopped first when shedding caches was not enough",
     ),
     Setting(
         "events",
         "coordinator",
         "PMRUN_EVENTS",
         "",
-        _text,
-        "the event log (JSON lines; default: next to the socket)",
+        Text(),
+        "the event log (JSON lines; default: events.jsonl next to the socket)",
     ),
     Setting(
         "dry-run",
         "coordinator",
         "PMRUN_DRY_RUN",
         False,
-        _parse_bool,
+        Bool(),
         "log what would be stopped; stop nothing",
     ),
     Setting(
@@ -330,7 +502,7 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_COOLDOWN",
         5.0,
-        _parse_seconds,
+        Seconds(),
         "seconds after a stop before stopping more (unless a limit is crossed by 10%)",
     ),
     Setting(
@@ -338,7 +510,7 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_SETTLE",
         0.5,
-        _parse_seconds,
+        Seconds(),
         "seconds an eviction broadcast waits for the services' answers",
     ),
     Setting(
@@ -346,23 +518,24 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_METRICS_PORT",
         0,
-        _parse_port,
-        "serve Prometheus metrics on 127.0.0.1:PORT (0 = off)",
+        Port(),
+        "serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0 = off)",
     ),
     Setting(
         "pause",
         "coordinator",
         "PMRUN_COORDINATOR_PAUSE",
         True,
-        _parse_bool,
+        Bool(),
         "pause growing agents before stopping any (false: stop at once, as before)",
+        "stop agents at once under pressure instead of pausing growing ones first",
     ),
     Setting(
         "max-pause",
         "coordinator",
         "PMRUN_MAX_PAUSE",
         120.0,
-        _parse_float,
+        Seconds(most=None),
         "seconds a paused agent may wait for memory before it may be stopped",
     ),
     Setting(
@@ -370,7 +543,7 @@ SETTINGS: tuple[Setting, ...] = (
         "coordinator",
         "PMRUN_IDLE_EXIT",
         "off",
-        _parse_opt_seconds,
+        Or(Seconds(most=None), OFF),
         "exit after this many seconds with no agent ('off': never); on demand: 600",
     ),
     # The prompt cache.
@@ -379,7 +552,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cache",
         "PMRUN_CACHE_MAX_BYTES",
         "50MB",
-        parse_size,
+        Size(),
         "byte budget of SharedPromptCache",
     ),
     Setting(
@@ -387,7 +560,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cache",
         "PMRUN_CACHE_MAX_ENTRIES",
         500,
-        _parse_positive_int,
+        Count(),
         "entry cap of SharedPromptCache",
     ),
     Setting(
@@ -395,7 +568,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cache",
         "PMRUN_CACHE_TTL",
         300.0,
-        _parse_ttl,
+        Ttl(),
         "seconds an entry lives ('off': no expiry)",
     ),
     Setting(
@@ -403,7 +576,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cache",
         "PMRUN_CACHE_PRESSURE_FRACTION",
         0.75,
-        parse_fraction,
+        Fraction(),
         "fraction dropped on a coordinator eviction request that names none",
     ),
 )

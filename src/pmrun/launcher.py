@@ -20,9 +20,19 @@ from . import _procfs, _signals, policy
 from ._keeper import COMMAND_ENDED, DRAIN, PARENT_DIED, Keeper, kill_below
 from ._pause import PauseControl
 from .backends import Backend, Sample, select
-from .errors import ExitCode, PmrunError, UsageError
-from .report import ExitReport, Limits, TopProcess, write_report
+from .errors import PmrunError, UsageError
+from .report import ExitReport, Limits, write_report
 from .sizes import format_size
+from .supervision import (
+    TreeStats,
+    agent_label,
+    build_report,
+    end_lines,
+    end_reason,
+    no_coordinator_line,
+    refused_line,
+    warn_line,
+)
 
 TYPE_CHECKING = False  # not `from typing import`: the launch path avoids importing typing
 if TYPE_CHECKING:
@@ -308,7 +318,7 @@ class Launcher:
 
             return resolve_socket_path(self.settings.socket)
         except PmrunError as e:
-            self._say(f"warning: no coordinator ({e}); enforcing this agent's own limits only")
+            self._say(no_coordinator_line(e))
             return None
 
     def _link_thread(self, socket_path: str, backend: dict[str, object]) -> None:
@@ -325,12 +335,10 @@ class Launcher:
 
                 ensure_coordinator(socket_path)
             except PmrunError as e:
-                self._say(f"warning: no coordinator ({e}); enforcing this agent's own limits only")
+                self._say(no_coordinator_line(e))
                 return
             except OSError as e:
-                self._say(
-                    f"warning: no coordinator ({e.strerror}); enforcing this agent's own limits only"
-                )
+                self._say(no_coordinator_line(e.strerror))
                 return
             self._pid_known.acquire()  # the command's pid is part of the registration
             if not self._pid:  # the command never started: nothing to register
@@ -449,7 +457,7 @@ class Launcher:
         backend.keeper_pid = self._keeper.pid
         backend.started(self._pid)
         self._pausectl.bind(
-            backend, self._say, self._event, f"{self.settings.name} (pid {self._pid})"
+            backend, self._say, self._event, agent_label(self.settings.name, self._pid)
         )
         if type(backend).wakeup_fd is not Backend.wakeup_fd:
             _thread.start_new_thread(self._relay_wakeups, (backend,))
@@ -485,10 +493,8 @@ class Launcher:
                 reason=report.reason, exit_status=report.exit_status, peak_rss=report.peak_rss_bytes
             )
             self._check_recorder()
-        for line in self._deferred:
+        for line in end_lines(report, self._deferred):
             self._say(line)
-        if report.reason not in ("exit", "signal"):
-            self._say(report.message)
         if self._troubles:
             report.extra["pmrun_errors"] = list(self._troubles)
         if self.settings.report_path:
@@ -500,91 +506,45 @@ class Launcher:
         return report.exit_status
 
     def _supervise(self, backend: Backend, start_wall: float) -> ExitReport:
+        """Sample the tree until the command ends or must be stopped; stop what is left."""
         lim = self.limits
-        watch = policy.LimitWatch(lim.warn_rss, lim.max_rss)
-        flatness = policy.Flatness()
-        samples = 0
-        peak_vsz = 0
-        biggest: TopProcess | None = None
-        last_rss, last_t = 0, time.monotonic()
+        stats = TreeStats(lim, time.monotonic(), _name)
         warned_at: float | None = None
-        reason = "exit"
+        stopped_for: str | None = None  # why pmrun stops the tree, if it does
         stop: dict[str, Any] | None = None
         oom_before = backend.kernel_oom_kills()
-        usage_at_peak: int | None = None
-        started = time.monotonic()
         while self._child_status is None:
             s = backend.sample()
-            samples += 1
-            now = time.monotonic()
-            growth = (s.rss_bytes - last_rss) / (now - last_t) if now > last_t else 0.0
-            last_rss, last_t = s.rss_bytes, now
-            if s.processes:
-                peak_vsz = max(peak_vsz, max(p.vsz_bytes for p in s.processes))
-            if s.rss_bytes >= watch.peak_bytes:
-                usage_at_peak = s.kernel_usage_bytes
-            if s.rss_bytes >= watch.peak_bytes and s.processes:
-                top = max(s.processes, key=lambda p: p.rss_bytes)
-                if biggest is None or biggest.pid != top.pid:
-                    biggest = TopProcess(top.pid, _name(top.pid), top.rss_bytes)
-                else:
-                    biggest.rss_bytes = top.rss_bytes
-            crossing = watch.observe(s.rss_bytes)
-            self._observe(s, watch.peak_bytes, force=crossing != policy.Crossing.NONE)
+            crossing = stats.observe(s, time.monotonic())
+            self._observe(s, stats.peak_bytes, force=crossing != policy.Crossing.NONE)
             if crossing == policy.Crossing.WARN:
                 warned_at = time.time()
-                msg = (
-                    f"warning: {self.settings.name} (pid {self._pid}) memory ({backend.counted})"
-                    f" {format_size(s.rss_bytes)}"
-                    f" passed --warn-rss {format_size(lim.warn_rss)} (stop at {format_size(lim.max_rss)})"
+                self._warn(
+                    warn_line(self.settings.name, self._pid, backend.counted, s.rss_bytes, lim)
                 )
-                if self.settings.quiet:
-                    pass
-                elif _stderr_is_terminal():
-                    # A full-screen program (an agent's TUI) owns the terminal: a line in its
-                    # first row would garble it. Said at exit; the events have it at once.
-                    self._deferred.append(f"{msg} at {time.strftime('%H:%M:%S')}")
-                else:
-                    self._say(msg)
                 self._event("warn", rss=s.rss_bytes, warn_rss=lim.warn_rss)
             elif crossing == policy.Crossing.MAX:
-                reason = "max-rss"
-                stop = {"rss": s.rss_bytes, "max_rss": lim.max_rss}
+                stopped_for, stop = "max-rss", {"rss": s.rss_bytes, "max_rss": lim.max_rss}
                 break
             if self._order is not None:
-                reason, stop = self._order[0], dict(self._order[1])
+                stopped_for, stop = self._order[0], dict(self._order[1])
                 break
             if backend.kernel_oom_kills() > oom_before:
                 # The kernel's backstop killed a process of the group: the agent is
                 # broken now; stop the rest rather than leave it half alive.
-                reason = "kernel-oom"
+                stopped_for = "kernel-oom"
                 stop = {"rss": s.rss_bytes, "oom_kills": _oom_detail(backend)}
                 break
             self._pausectl.apply()  # pause/resume ordered by the coordinator
-            interval = policy.next_interval_s(
-                s.rss_bytes,
-                lim.max_rss,
-                growth,
-                flat_s=flatness.observe(s.rss_bytes, now),
-                kernel_wakes=self._kernel_wakes,
-            )
-            # Young trees are sampled at a quarter of their age (1 ms, 2 ms, ... up to the
-            # interval above): a short command's peak is seen, at ~25 samples in all.
-            interval = min(interval, max(policy.MIN_INTERVAL_S, (now - started) / 4))
-            if lim.max_as is not None and s.processes:
-                # Watch the address space near --max-as too, so that a failure there
-                # can be told from any other crash (it is per process, like RLIMIT_AS).
-                vsz = max(p.vsz_bytes for p in s.processes)
-                interval = min(interval, policy.next_interval_s(vsz, lim.max_as))
-            self._wait(interval)
-        self._pausectl.release("stopping" if reason != "exit" else "exited")  # never stop frozen
-        if reason != "exit":
-            self._event("stop", reason=reason, **(stop or {}))
-            self._stop_tree(backend, watch)
+            self._wait(stats.next_interval_s(kernel_wakes=self._kernel_wakes))
+        self._pausectl.release("stopping" if stopped_for else "exited")  # never stop frozen
+        if stopped_for is not None:
+            self._event("stop", reason=stopped_for, **(stop or {}))
+            self._stop_tree(backend, stats)
         elif backend.pids():
             # The command is gone but left processes behind (daemons, workers):
             # nothing of the tree outlives pmrun.
-            self._stop_tree(backend, watch)
+            self._stop_tree(backend, stats)
         if self._keeper_lost:
             self._kill_adopted()
         # Wait for the command itself (it may still be exiting), then for the keeper,
@@ -596,23 +556,21 @@ class Launcher:
             self._wait(0.05)
         end_wall = time.time()
         status = self._child_status
-        term_sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        exit_status = policy.exit_status(status)
         oom_kills = backend.kernel_oom_kills() - oom_before
-        if reason == "exit":
-            if oom_kills > 0 and term_sig == signal.SIGKILL:
-                reason = "kernel-oom"
-                stop = {"oom_kills": _oom_detail(backend)}
-            elif policy.looks_like_max_as(
-                wait_status=status, peak_vsz_bytes=peak_vsz, max_as_bytes=lim.max_as
-            ):
-                reason = "max-as"
-            elif term_sig is not None:
-                reason = "signal"
-        if reason in ("max-rss", "pool", "system-pressure", "kernel-oom"):
-            exit_status = ExitCode.MEMORY_LIMIT
-        maxrss_kib = self._keeper.command_maxrss_kib
-        report = ExitReport(
+        reason = end_reason(
+            stopped_for=stopped_for,
+            wait_status=status,
+            oom_kills=oom_kills,
+            peak_vsz_bytes=stats.peak_vsz_bytes,
+            max_as_bytes=lim.max_as,
+        )
+        if stopped_for is None and reason == "kernel-oom":
+            stop = {"oom_kills": _oom_detail(backend)}
+        return build_report(
+            stats,
+            reason,
+            wait_status=status,
+            stop=stop,
             command=self.argv,
             name=self.settings.name,
             agent_id=self.agent_id,
@@ -620,29 +578,24 @@ class Launcher:
             launcher_pid=os.getpid(),
             start_time=start_wall,
             end_time=end_wall,
-            exit_status=int(exit_status),
-            reason=reason,
-            message=self._message(reason, watch.peak_bytes, biggest, stop, status),
-            signal=term_sig,
-            peak_rss_bytes=watch.peak_bytes,
-            limits=lim,
-            samples=samples,
-            biggest_at_peak=biggest,
-            ru_maxrss_bytes=maxrss_kib * 1024 if maxrss_kib is not None else None,
+            ru_maxrss_kib=self._keeper.command_maxrss_kib,
             backend=backend.describe(),
             kernel_peak_bytes=backend.kernel_peak_bytes(),
             kernel_oom_kills=oom_kills,
             warned_at=warned_at,
-            stop=stop,
-            extra={
-                "peak_vsz_bytes": peak_vsz,
-                # cgroup: the raw usage (page cache included) when the counted peak was
-                # seen, beside the anonymous+shmem+swap figure the limits apply to.
-                "kernel_usage_at_peak_bytes": usage_at_peak,
-                **self._pausectl.summary(),
-            },
+            extra=self._pausectl.summary(),
         )
-        return report
+
+    def _warn(self, line: str) -> None:
+        """Say the --warn-rss line now, at the end (a terminal), or never (--quiet)."""
+        if self.settings.quiet:
+            return
+        if _stderr_is_terminal():
+            # A full-screen program (an agent's TUI) owns the terminal: a line in its
+            # first row would garble it. Said at exit; the events have it at once.
+            self._deferred.append(f"{line} at {time.strftime('%H:%M:%S')}")
+        else:
+            self._say(line)
 
     def _observe(self, s: Sample, peak: int, *, force: bool = False) -> None:
         """Hand one sample to the recorder and the coordinator link.
@@ -673,7 +626,7 @@ class Launcher:
                 self._start_times = {p: t for p, t in known.items() if p in live}
             self._link.report(s.rss_bytes, peak, pids, state=self._pausectl.state)
 
-    def _stop_tree(self, backend: Backend, watch: policy.LimitWatch) -> None:
+    def _stop_tree(self, backend: Backend, stats: TreeStats) -> None:
         """SIGTERM the whole tree, wait up to the grace, then SIGKILL whatever is left."""
         grace = self.limits.grace_s
         if grace > 0:
@@ -684,8 +637,7 @@ class Launcher:
                 if not _live(backend) or self._only_refused_left(backend):
                     break
                 s = backend.sample()
-                watch.peak_bytes = max(watch.peak_bytes, s.rss_bytes)
-                if policy.grace_exceeded(s.rss_bytes, self.limits.max_rss):
+                if stats.during_grace(s.rss_bytes):
                     self._event(
                         "kill", why="grew past max-rss during the grace period", rss=s.rss_bytes
                     )
@@ -727,50 +679,7 @@ class Launcher:
         """Say once which processes pmrun could not stop: they changed their uid."""
         if not pids:
             return
-        who = ", ".join(f"pid {p} {_name(p)} (uid {_owner(p)})" for p in pids[:5])
-        self._trouble(
-            f"cannot stop {len(pids)} process(es) of the tree that changed their uid, left"
-            f" running: {who}"
-        )
-
-    def _message(
-        self,
-        reason: str,
-        peak: int,
-        biggest: TopProcess | None,
-        stop: dict[str, Any] | None,
-        status: int,
-    ) -> str:
-        name, lim = self.settings.name, self.limits
-        big = (
-            f"; biggest process: pid {biggest.pid} {biggest.name} ({format_size(biggest.rss_bytes)})"
-            if biggest
-            else ""
-        )
-        if reason == "max-rss":
-            return (
-                f"stopped {name} (pid {self._pid}): memory ({_procfs.COUNTED}) passed --max-rss"
-                f" {format_size(lim.max_rss)};"
-                f" peak {format_size(peak)}{big}"
-            )
-        if reason in ("pool", "system-pressure"):
-            why = (stop or {}).get("message") or (
-                "the agents' pool is over its limit"
-                if reason == "pool"
-                else "the system is short of memory"
-            )
-            return f"stopped {name} (pid {self._pid}) by the coordinator ({reason}): {why}; peak {format_size(peak)}{big}"
-        if reason == "kernel-oom":
-            return f"{name} (pid {self._pid}) was killed by the kernel's OOM killer (its cgroup limit); peak {format_size(peak)}{big}"
-        if reason == "max-as":
-            return (
-                f"{name} (pid {self._pid}) failed under --max-as {format_size(lim.max_as)}:"
-                " likely a failed mapping (ENOMEM; sanitizers, Bun and the JVM reserve more"
-                " than they use); raise --max-as or set it to off"
-            )
-        if reason == "signal":
-            return f"{name} (pid {self._pid}) was killed by signal {os.WTERMSIG(status)}"
-        return f"{name} (pid {self._pid}) exited with status {os.WEXITSTATUS(status)}"
+        self._trouble(refused_line(pids, _name, _owner))
 
 
 def _tell_pid(fd: int, pid: int) -> None:

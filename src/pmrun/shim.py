@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
+    from .config import Setting
+
 MARKER = ".pmrun-shims"
 # The second line of every shim: how `list` and `remove` know a file is one of ours.
 SIGNATURE = "# pmrun shim"
@@ -245,12 +247,19 @@ def config_flags(name: str, cwd: str | None = None) -> list[str]:
             setting = config.BY_NAME.get(f"agent.{key}")
             if setting is None:
                 raise UsageError(f"[shim.{name}] {key}: not an agent setting (max-rss, grace, ...)")
-            if key == "coordinator":
-                if not config._parse_bool(value):
-                    flags.append("--no-coordinator")
+            if setting.flag_value is not None:  # a switch: its flag, where not the default
+                if _switch(setting, value, name) == setting.flag_value:
+                    flags.append(setting.flag)
                 continue
             flags += [f"--{key}", str(value)]
     return flags
+
+
+def _switch(setting: Setting, value: object, name: str) -> bool:
+    try:
+        return bool(setting.parse(value))
+    except ValueError as e:
+        raise UsageError(f"[shim.{name}] {setting.key}: {e}") from None
 
 
 def main(argv: list[str]) -> int:

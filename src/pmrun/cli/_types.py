@@ -1,11 +1,14 @@
-"""Click parameter types shared by the subcommands."""
+"""Click parameter types and options shared by the subcommands."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import click
+
+from ..config import Setting
 
 
 class Seconds(click.ParamType):
@@ -33,3 +36,49 @@ class Seconds(click.ParamType):
                 f"{value!r}: expected seconds from {self.min_s:g} to {self.max_s:g}", param, ctx
             )
         return f
+
+
+def setting_option(setting: Setting, *, expose_value: bool = True) -> click.Option:
+    """The click option of a config setting: flag, metavar, help and default from the table.
+
+    Its value reaches the command raw (None when not given) and is parsed by
+    :func:`pmrun.config.load` with every other source, so a bad value is reported as
+    ``--KEY: ...`` like a bad value in a file or the environment. A switch's value is True
+    when given: :attr:`Setting.flag_value` says what that means.
+    """
+    name = _param_name(setting)
+    if setting.flag_value is not None:
+        return click.Option(
+            [setting.flag, name],
+            is_flag=True,
+            default=None,
+            expose_value=expose_value,
+            help=setting.option_help(),
+        )
+    kind = setting.kind
+    choices: click.ParamType | None = None
+    if kind.choices:  # a fixed set of words: completion offers them
+        choices = click.Choice(kind.choices)
+    elif kind.metavar in ("FILE", "PATH"):
+        choices = click.Path()
+    return click.Option(
+        [setting.flag, name],
+        metavar=kind.metavar,
+        type=choices,
+        expose_value=expose_value,
+        help=setting.option_help(),
+    )
+
+
+def setting_flags(settings: Iterable[Setting], options: Mapping[str, Any]) -> dict[str, Any]:
+    """What a command's keyword arguments give for ``settings``, as ``config.load`` takes flags."""
+    flags: dict[str, Any] = {}
+    for s in settings:
+        given = options.get(_param_name(s))
+        if given is not None:
+            flags[s.name] = given if s.flag_value is None else s.flag_value
+    return flags
+
+
+def _param_name(setting: Setting) -> str:
+    return setting.key.replace("-", "_")

@@ -12,13 +12,9 @@ import click
 from .. import config as config_mod
 from ..sizes import format_size
 from ._group import one_line_errors
-from ._types import Seconds
+from ._types import Seconds, setting_flags, setting_option
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _config(flags: dict[str, Any]) -> config_mod.Config:
-    return config_mod.load({f"coordinator.{k}": v for k, v in flags.items()})
 
 
 _COORDINATOR_EXAMPLES = """\b
@@ -34,108 +30,28 @@ Examples:
   pmrun cleanup --json"""
 
 
-@click.command("coordinator", epilog=_COORDINATOR_EXAMPLES)
-@click.option(
-    "--socket",
-    "socket_",
-    metavar="PATH",
-    help="Unix socket to serve [env PMRUN_SOCKET; default "
-    "$XDG_RUNTIME_DIR/pmrun/coordinator.sock].",
-)
-@click.option(
-    "--pool",
-    metavar="SIZE",
-    help="Limit on the sum of all agents' memory, e.g. 2G [env PMRUN_POOL; default 2G].",
-)
-@click.option(
-    "--system-threshold",
-    metavar="FRACTION",
-    help="Act when this much of system (or container) memory is used, e.g. 80% [default 80%].",
-)
-@click.option(
-    "--psi-threshold",
-    metavar="FRACTION",
-    help="Act when /proc/pressure/memory 'some avg10' passes this; 'off' ignores PSI "
-    "[default 10%].",
-)
-@click.option(
-    "--evict-fraction",
-    metavar="FRACTION",
-    help="Fraction services are asked to drop at the critical level (a third of it "
-    "at the warning level) [default 0.75].",
-)
-@click.option(
-    "--victim-policy",
-    type=click.Choice(["largest", "newest", "priority"]),
-    help="Order in which agents are stopped within a priority [default largest].",
-)
-@click.option(
-    "--events",
-    metavar="PATH",
-    help="Event log, JSON lines [default: events.jsonl next to the socket].",
-)
-@click.option(
-    "--dry-run", is_flag=True, default=None, help="Log what would be stopped; stop nothing."
-)
-@click.option(
-    "--cooldown",
-    metavar="SECONDS",
-    help="After stopping agents, wait this long before stopping more (unless a "
-    "limit is crossed by 10%) [default 5].",
-)
-@click.option(
-    "--settle",
-    metavar="SECONDS",
-    help="How long an eviction broadcast waits for the services' answers [default 0.5].",
-)
-@click.option(
-    "--metrics-port",
-    metavar="PORT",
-    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics [default: off].",
-)
-@click.option(
-    "--no-pause",
-    "no_pause",
-    is_flag=True,
-    default=None,
-    help="Stop agents at once under pressure instead of pausing growing ones first.",
-)
-@click.option(
-    "--max-pause",
-    metavar="SECONDS",
-    help="How long a paused agent may wait for memory before it may be stopped [default 120].",
-)
-@click.option(
-    "--idle-exit",
-    metavar="SECONDS|off",
-    help="Exit after this long with no agent registered [default: off; 600 when started "
-    "on demand].",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(_LOG_LEVELS),
-    default="info",
-    show_default=True,
-    help="Verbosity of the log on stderr.",
-)
+# Every coordinator setting is a flag of `pmrun coordinator`.
+_SETTINGS = tuple(s for s in config_mod.SETTINGS if s.section == "coordinator")
+
+
+def _coordinator_params() -> list[click.Parameter]:
+    """One option per coordinator setting, and the log's verbosity."""
+    params: list[click.Parameter] = [setting_option(s) for s in _SETTINGS]
+    params.append(
+        click.Option(
+            ["--log-level"],
+            type=click.Choice(_LOG_LEVELS),
+            default="info",
+            show_default=True,
+            help="Verbosity of the log on stderr.",
+        )
+    )
+    return params
+
+
+@click.command("coordinator", epilog=_COORDINATOR_EXAMPLES, params=_coordinator_params())
 @one_line_errors
-def coordinator_command(
-    socket_: str | None,
-    pool: str | None,
-    system_threshold: str | None,
-    psi_threshold: str | None,
-    evict_fraction: str | None,
-    victim_policy: str | None,
-    events: str | None,
-    dry_run: bool | None,
-    cooldown: str | None,
-    settle: str | None,
-    metrics_port: str | None,
-    no_pause: bool | None,
-    max_pause: str | None,
-    idle_exit: str | None,
-    log_level: str,
-) -> None:
+def coordinator_command(log_level: str, **options: Any) -> None:
     """Run the coordinator in the foreground (logs on stderr; stop with Ctrl-C or SIGTERM).
 
     Keeps the sum of all pmrun agents under --pool and system memory under
@@ -151,25 +67,7 @@ def coordinator_command(
         format="%(asctime)s pmrun coordinator[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    cfg = _config(
-        {
-            "socket": socket_,
-            "pool": pool,
-            "system-threshold": system_threshold,
-            "psi-threshold": psi_threshold,
-            "evict-fraction": evict_fraction,
-            "victim-policy": victim_policy,
-            "events": events,
-            "dry-run": dry_run,
-            "cooldown": cooldown,
-            "settle": settle,
-            "metrics-port": metrics_port,
-            "pause": False if no_pause else None,
-            "max-pause": max_pause,
-            "idle-exit": idle_exit,
-        }
-    )
-    settings = CoordinatorSettings.from_config(cfg)
+    settings = CoordinatorSettings.from_config(config_mod.load(setting_flags(_SETTINGS, options)))
     sys.exit(run(settings))
 
 
@@ -199,9 +97,10 @@ def format_table(rows: list[list[str]]) -> str:
     )
 
 
-@click.command("cleanup", epilog=_CLEANUP_EXAMPLES)
-@click.option(
-    "--socket", "socket_", metavar="PATH", help="The coordinator's socket [env PMRUN_SOCKET]."
+@click.command(
+    "cleanup",
+    epilog=_CLEANUP_EXAMPLES,
+    params=[setting_option(config_mod.BY_NAME["coordinator.socket"])],
 )
 @click.option("--agent", metavar="NAME", help="Only the services of this agent (name or id).")
 @click.option(
@@ -220,7 +119,7 @@ def format_table(rows: list[list[str]]) -> str:
 )
 @one_line_errors
 def cleanup_command(
-    socket_: str | None, agent: str | None, fraction: str | None, as_json: bool, timeout: float
+    socket: str | None, agent: str | None, fraction: str | None, as_json: bool, timeout: float
 ) -> None:
     """Ask every registered service to free memory now (emergency cleanup).
 
@@ -231,7 +130,7 @@ def cleanup_command(
     from ..coordinator import query
     from ..sizes import parse_fraction
 
-    cfg = _config({"socket": socket_})
+    cfg = config_mod.load({"coordinator.socket": socket})
     f = parse_fraction(fraction) if fraction is not None else None
     result = query.cleanup(cfg["coordinator.socket"] or None, agent=agent, fraction=f,
                            timeout_s=timeout)  # fmt: skip

@@ -11,6 +11,7 @@ or not a socket). Of ``pmrun coordinator stop``: **0** stopped, or none was runn
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from typing import Any
@@ -151,7 +152,7 @@ coordinator_group = _CoordinatorGroup(
     params=list(_daemon.params),
     callback=_run_daemon,
     invoke_without_command=True,
-    help=(_daemon.help or "")
+    help=inspect.cleandoc(_daemon.help or "")  # dedented before lines are added to it
     + "\n\n`pmrun coordinator stop` stops it cleanly; `pmrun coordinator status` says whether"
     " one runs (exit 0) or not (exit 3).",
     commands={"stop": stop_command, "status": status_command},

@@ -10,7 +10,6 @@ import click
 
 from .. import config as config_mod
 from ..errors import ExitCode, UsageError
-from ..sizes import format_size, parse_fraction, parse_optional_size, parse_size
 from ._group import one_line_errors
 
 
@@ -95,20 +94,8 @@ def init_command(directory: Path, force: bool, dry_run: bool) -> None:
 
 
 def display_value(setting: config_mod.Setting, value: Any) -> str:
-    """A setting's value for people: sizes as ``1.0G``, fractions as ``80%``, ``off`` for none."""
-    if value is None:
-        return "off"
-    if setting.parse in (parse_size, parse_optional_size):
-        return format_size(value)
-    if setting.parse in (parse_fraction, config_mod._opt_fraction):
-        return f"{value * 100:g}%"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if value == "":
-        return '""'
-    return str(value)
+    """A setting's value for people, as its kind shows it (1G, 80%, 5s, off); ``""`` for empty."""
+    return setting.display(value) or '""'
 
 
 def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:

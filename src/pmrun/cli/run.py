@@ -2,98 +2,63 @@
 
 Every agent start pays for this module, so it parses its few options by hand from
 one table (:data:`OPTIONS`) instead of importing click; ``pmrun run --help`` builds
-click's help from the same table.
+click's help from the same table. The options that set a config setting are made from
+:data:`pmrun.config.SETTINGS`, which holds their flags, help and defaults.
 """
 
 from __future__ import annotations
 
 import os
 
+from .. import config
 from ..errors import CommandNotExecutable, CommandNotFound, ExitCode, PmrunError
 
 
 class Option:
-    """One launcher option, as the fast parser and `pmrun run --help` both see it."""
+    """One launcher option, as the fast parser and `pmrun run --help` both see it.
 
-    __slots__ = ("flag", "setting", "metavar", "help", "value")
+    An option that sets a config setting takes its flag, help and default from that
+    :class:`~pmrun.config.Setting`; the launcher's own options are written here.
+    """
+
+    __slots__ = ("flag", "metavar", "_help", "setting", "value")
 
     def __init__(
-        self,
-        flag: str,  # "--max-rss"
-        setting: str | None,  # config setting it sets ("agent.max-rss"), None for launcher-only
-        metavar: str | None,  # None for a boolean flag
-        help: str,
-        value: object = True,  # what a boolean flag stores
+        self, flag: str, metavar: str | None, help: str, setting: config.Setting | None = None
     ) -> None:
-        self.flag = flag
-        self.setting = setting
-        self.metavar = metavar
-        self.help = help
-        self.value = value
+        self.flag = flag  # "--report"
+        self.metavar = metavar  # None for a boolean flag
+        self._help = help
+        self.setting = setting  # the config.Setting it sets; None for a launcher-only option
+        # What a boolean flag stores: True, or a switch's opposite of its default.
+        self.value = True if setting is None else setting.flag_value
+
+    @classmethod
+    def of(cls, setting: config.Setting) -> Option:
+        metavar = None if setting.flag_value is not None else setting.kind.metavar
+        return cls(setting.flag, metavar, "", setting)
+
+    @property
+    def help(self) -> str:
+        """Its --help line; a setting's is made only when asked (a launch never needs it)."""
+        return self._help if self.setting is None else self.setting.option_help()
 
 
+# Every agent setting is a launcher flag, and so is the socket it registers on.
+LAUNCH_SETTINGS = (
+    *(s for s in config.SETTINGS if s.section == "agent"),
+    config.BY_NAME["coordinator.socket"],
+)
 OPTIONS: tuple[Option, ...] = (
-    Option("--max-rss", "agent.max-rss", "SIZE", "hard limit on the tree's RSS (default 1G)"),
-    Option(
-        "--warn-rss", "agent.warn-rss", "SIZE", "warn once when the tree passes this (default 500M)"
-    ),
-    Option("--max-as", "agent.max-as", "SIZE", "RLIMIT_AS on the command, or 'off' (default off)"),
-    Option(
-        "--grace",
-        "agent.grace",
-        "SECONDS",
-        "SIGTERM to SIGKILL delay when stopping (default 5; 0 = SIGKILL)",
-    ),
-    Option(
-        "--backend",
-        "agent.backend",
-        "auto|cgroup|sampling",
-        "how the limit is enforced (default auto)",
-    ),
-    Option(
-        "--priority",
-        "agent.priority",
-        "N",
-        "higher is spared longer by the coordinator (default 0)",
-    ),
-    Option(
-        "--name", None, "NAME", "the agent's name in status and events (default: command basename)"
-    ),
-    Option("--socket", "coordinator.socket", "PATH", "the coordinator's socket"),
-    Option("--no-coordinator", "agent.coordinator", None, "run standalone: no coordinator", False),
-    Option(
-        "--no-pause",
-        "agent.pause",
-        None,
-        "never pause this agent under pressure (e.g. an interactive session)",
-        False,
-    ),
-    Option(
-        "--expect",
-        "agent.expect",
-        "SIZE",
-        "expected peak, for waiting before start (default: learned, else --warn-rss)",
-    ),
-    Option("--no-wait", "agent.wait", None, "start at once even if memory is short", False),
-    Option(
-        "--wait-timeout",
-        "agent.wait-timeout",
-        "SECONDS",
-        "longest wait for memory before starting (default: no bound)",
-    ),
-    Option(
-        "--wait-expired",
-        "agent.wait-expired",
-        "start|exit",
-        "after --wait-timeout: start anyway (default) or exit 75",
-    ),
-    Option("--report", None, "FILE", "write a JSON exit report to FILE ('-' = stderr)"),
-    Option("--record", None, "FILE", "record the tree's RSS over time to FILE (for `pmrun plot`)"),
-    Option("--trace-heap", None, None, "start tracemalloc in Python services (for `pmrun heap`)"),
-    Option("--quiet", None, None, "no warning line on stderr (the report still has it)"),
+    *(Option.of(s) for s in LAUNCH_SETTINGS),
+    Option("--name", "NAME", "the agent's name in status and events (default: command basename)"),
+    Option("--report", "FILE", "write a JSON exit report to FILE ('-' = stderr)"),
+    Option("--record", "FILE", "record the tree's RSS over time to FILE (for `pmrun plot`)"),
+    Option("--trace-heap", None, "start tracemalloc in Python services (for `pmrun heap`)"),
+    Option("--quiet", None, "no warning line on stderr (the report still has it)"),
 )
 # Not in --help: for pmrun.launch, which reads the command's pid from the fd it passes.
-HIDDEN = (Option("--pid-fd", None, "N", "write the command's pid to fd N once it runs"),)
+HIDDEN = (Option("--pid-fd", "N", "write the command's pid to fd N once it runs"),)
 BY_FLAG = {o.flag: o for o in (*OPTIONS, *HIDDEN)}
 
 
@@ -146,7 +111,7 @@ def parse(args: list[str]) -> Parsed:
                 raise UsageError(f"{name} needs a value ({opt.metavar})")
             raw = args[i]
         if opt.setting is not None:
-            flags[opt.setting] = raw
+            flags[opt.setting.name] = raw
         else:
             extra[name[2:]] = raw
         i += 1
@@ -155,7 +120,6 @@ def parse(args: list[str]) -> Parsed:
 
 def build_settings(parsed: Parsed):
     """Resolve flags against environment and config files into launcher settings."""
-    from .. import config
     from ..launcher import LaunchSettings
     from ..report import Limits, private_fd
 

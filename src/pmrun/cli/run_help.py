@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from ._types import setting_option
 from .run import OPTIONS
 
 LAUNCH_SYNOPSIS = "[OPTIONS] [--] COMMAND [ARGS]..."
@@ -31,17 +32,17 @@ def launch_params() -> list[click.Parameter]:
     """One click option per launcher option, with the launcher's own help text."""
     params: list[click.Parameter] = []
     for o in OPTIONS:
-        if o.metavar is None:
+        if o.setting is not None:
+            params.append(setting_option(o.setting, expose_value=False))
+        elif o.metavar is None:
             params.append(click.Option([o.flag], is_flag=True, expose_value=False, help=o.help))
-            continue
-        kind: click.ParamType | None = None
-        if "|" in o.metavar:  # a fixed set of values: let completion offer them
-            kind = click.Choice(o.metavar.split("|"))
-        elif o.metavar in ("FILE", "PATH"):
-            kind = click.Path()
-        params.append(
-            click.Option([o.flag], metavar=o.metavar, type=kind, expose_value=False, help=o.help)
-        )
+        else:
+            kind = click.Path() if o.metavar == "FILE" else None
+            params.append(
+                click.Option(
+                    [o.flag], metavar=o.metavar, type=kind, expose_value=False, help=o.help
+                )
+            )
     return params
 
 

@@ -22,7 +22,8 @@ from . import policy
 from . import protocol as p
 
 if TYPE_CHECKING:
-    from .server import Coordinator, _Conn
+    from .connection import Connection
+    from .server import Coordinator
 
 log = logging.getLogger("pmrun.coordinator")
 
@@ -42,7 +43,7 @@ def report_peak(report: Any) -> int:
 
 @dataclass
 class _Entry:
-    conn: _Conn
+    conn: Connection
     msg: p.Admit
     waiting: policy.Waiting
     source: str  # where expect_bytes came from: flag, learned, warn-rss
@@ -124,9 +125,9 @@ class Admission:
 
     def _figures(self) -> dict[str, int]:
         c = self.coord
-        r = c.readings
+        r = c.monitor.readings
         return {
-            "pool_used": c.pool.used(c.use_pss),
+            "pool_used": c.pool.used(c.monitor.use_pss),
             "pool_limit": c.settings.pool_bytes,
             "system_used": r.system_used_bytes if r else 0,
             "system_threshold": r.system_threshold_bytes if r else 0,
@@ -139,14 +140,14 @@ class Admission:
             agent = agents.get(agent_id)
             if agent is not None:
                 res.seen = True
-                total += max(0, res.expect_bytes - agent.pool_bytes(self.coord.use_pss))
+                total += max(0, res.expect_bytes - agent.pool_bytes(self.coord.monitor.use_pss))
             elif res.seen or now - res.admitted_at > RESERVE_S:
                 del self._reserved[agent_id]
             else:
                 total += res.expect_bytes
         return total
 
-    def request(self, conn: _Conn, msg: p.Admit) -> None:
+    def request(self, conn: Connection, msg: p.Admit) -> None:
         """An ``admit``: answer at once, start or wait."""
         expect, source = self.expected(msg)
         now = self.coord.clock()
@@ -186,7 +187,7 @@ class Admission:
             return f["system_used"], f["system_threshold"]
         return f["pool_used"], f["pool_limit"]
 
-    def drop(self, conn: _Conn) -> None:
+    def drop(self, conn: Connection) -> None:
         """A connection closed: whatever it queued leaves the queue."""
         for seq in [s for s, e in self._queue.items() if e.conn is conn]:
             del self._queue[seq]

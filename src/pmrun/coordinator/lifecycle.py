@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from . import protocol as p
 
 if TYPE_CHECKING:
-    from .server import Coordinator, _Conn
+    from .connection import Connection
+    from .server import Coordinator
 
 log = logging.getLogger("pmrun.coordinator")
 
@@ -67,7 +68,7 @@ class Lifecycle:
             self.coord.events.write("coordinator.idle-exit", idle_s=idle_s)
             self.coord.request_stop(hold=False)  # one that raced in may start another
 
-    def on_shutdown(self, conn: _Conn, msg: p.Shutdown) -> None:
+    def on_shutdown(self, conn: Connection, msg: p.Shutdown) -> None:
         conn.send(p.Ok(id=msg.id, of="shutdown", detail={"pid": os.getpid()}))
         log.info("shutdown requested by pid %d", conn.pid)
         self.coord.events.write(

@@ -194,6 +194,58 @@ def bytes_to_free(readings: Readings, pending_bytes: int = 0) -> Need | None:
 
 
 @dataclass(frozen=True)
+class Evict:
+    """An ``evict`` broadcast to every service."""
+
+    fraction: float  # of what each service holds
+    level: str  # "warning" or "critical", as the services are told
+    reason: str  # the signals crossed, comma-separated
+
+
+def evict_on_rise(
+    previous: PressureState, state: PressureState, evict_fraction: float
+) -> Evict | None:
+    """The broadcast a rise of the overall level calls for; None when it did not rise."""
+    if state.level <= previous.level:
+        return None
+    fraction = eviction_fraction(state.level, evict_fraction)
+    return Evict(fraction, state.level.label, ",".join(state.crossed()))
+
+
+@dataclass(frozen=True)
+class StopPlan:
+    """What the monitor does over a threshold, in order: pause for ``need``; else, if
+    ``may_stop``, broadcast ``evict`` (unless None), measure again and stop victims."""
+
+    need: Need  # on the figures at hand: what a pause must cover
+    may_stop: bool  # False in the cooldown after a stop: it holds back stopping, not pausing
+    evict: Evict | None  # the critical broadcast first; None within its own cooldown
+
+
+def plan_stop(
+    readings: Readings,
+    state: PressureState,
+    *,
+    pending_bytes: int,
+    now_s: float,
+    last_stop_s: float | None,
+    last_critical_evict_s: float | None,
+    cooldown_s: float,
+    evict_fraction: float,
+    hard_ratio: float = HARD_RATIO,
+) -> StopPlan | None:
+    """The next move over a threshold (see :class:`StopPlan`); None: nothing must go."""
+    need = bytes_to_free(readings, pending_bytes)
+    if need is None:
+        return None
+    may = may_stop(now_s, last_stop_s, cooldown_s, hard_crossed(readings, hard_ratio))
+    evict = None
+    if may and (last_critical_evict_s is None or now_s - last_critical_evict_s >= cooldown_s):
+        evict = Evict(evict_fraction, Level.CRITICAL.label, ",".join(state.crossed()) or "pool")
+    return StopPlan(need, may, evict)
+
+
+@dataclass(frozen=True)
 class Candidate:
     """An agent that may be stopped, with the figures the decision uses."""
 
@@ -204,13 +256,12 @@ class Candidate:
     started: float  # unix time
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "agent": self.agent_id,
-            "name": self.name,
-            "bytes": self.bytes,
-            "priority": self.priority,
-            "started": self.started,
-        }
+        return {**_agent_row(self), "started": self.started}
+
+
+def _agent_row(a: Candidate | Pausable) -> dict[str, object]:
+    """What an event shows of an agent a decision weighed."""
+    return {"agent": a.agent_id, "name": a.name, "bytes": a.bytes, "priority": a.priority}
 
 
 VICTIM_POLICIES = ("largest", "newest", "priority")
@@ -289,6 +340,20 @@ def summarize(readings: Readings) -> Mapping[str, object]:
     }
 
 
+ORDER_FIGURES = (
+    "pool_used_bytes",
+    "pool_limit_bytes",
+    "system_used_bytes",
+    "system_threshold_bytes",
+)
+
+
+def order_figures(readings: Readings) -> dict[str, object]:
+    """The figures a pause, resume or stop order gives the launcher (for its event)."""
+    figures = summarize(readings)
+    return {k: figures[k] for k in ORDER_FIGURES}
+
+
 # -- pause before kill --------------------------------------------------------------------
 # When eviction was not enough, agents whose growth drives the pressure are frozen (their
 # launchers do it) instead of stopped: a paused agent loses no work. Its memory stays in
@@ -335,13 +400,7 @@ class Pausable:
         return self.max_rss is not None and own >= self.max_rss
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "agent": self.agent_id,
-            "name": self.name,
-            "bytes": self.bytes,
-            "priority": self.priority,
-            "growth_bytes": self.growth_bytes,
-        }
+        return {**_agent_row(self), "growth_bytes": self.growth_bytes}
 
 
 def held_aside_bytes(agents: Iterable[Pausable], now_s: float, max_pause_s: float) -> int:

@@ -21,10 +21,14 @@ System memory (container-aware) is :func:`pmrun.cgroups.system_memory`'s.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _procfs
 from .policy import Candidate
+
+if TYPE_CHECKING:
+    from . import protocol as p
+    from .connection import Connection
 
 PSS_ZONE = 0.80  # pool used / pool limit from which PSS replaces RSS
 
@@ -53,6 +57,15 @@ class AgentEntry:
     rss_at_pss: int = 0  # its reported figure when PSS was read
     stop_reason: str | None = None
     stop_sent_at: float | None = None  # monotonic
+    # Its launcher's connection while both are registered (the pool links the two).
+    conn: Connection | None = field(default=None, repr=False, compare=False)
+
+    def send(self, msg: p.Message) -> bool:
+        """Send ``msg`` to its launcher; False when no connection leads there."""
+        if self.conn is None:
+            return False
+        self.conn.send(msg)
+        return True
 
     def pool_bytes(self, use_pss: bool) -> int:
         """What this agent counts in the pool (see the module docstring)."""
@@ -109,11 +122,56 @@ class ServiceEntry:
 
 
 class Pool:
-    """Agents by id and services by (connection, name)."""
+    """Agents by id and services by (connection, name).
+
+    Read them freely; change them through the methods, which keep the running total of
+    the reported figures (:attr:`reported_bytes`) and the agent-connection links.
+    """
 
     def __init__(self) -> None:
         self.agents: dict[str, AgentEntry] = {}
         self.services: dict[tuple[int, str], ServiceEntry] = {}
+        self.reported_bytes = 0  # sum of the agents' reported figures, kept on every change
+
+    # -- agents ----------------------------------------------------------------------------
+
+    def add(self, agent: AgentEntry, conn: Connection) -> None:
+        """Register ``agent``, whose launcher speaks on ``conn`` (its id must be free)."""
+        assert agent.agent_id not in self.agents, agent.agent_id
+        self.agents[agent.agent_id] = agent
+        self.reported_bytes += agent.rss_bytes
+        agent.conn, conn.agent, conn.deregistered = conn, agent, False
+
+    def remove(self, agent: AgentEntry) -> bool:
+        """Forget ``agent`` and unlink its connection; False if it was not registered."""
+        if self.agents.get(agent.agent_id) is not agent:
+            return False
+        del self.agents[agent.agent_id]
+        self.reported_bytes -= agent.rss_bytes
+        if agent.conn is not None and agent.conn.agent is agent:
+            agent.conn.agent = None
+        agent.conn = None
+        return True
+
+    def report(
+        self, agent: AgentEntry, rss: int, peak: int, pids: list[list[int]], state: str
+    ) -> None:
+        """A launcher's report: its tree's figure, peak, processes (kept if none) and state."""
+        if self.agents.get(agent.agent_id) is agent:
+            self.reported_bytes += rss - agent.rss_bytes
+        agent.rss_bytes, agent.peak_bytes = rss, peak
+        if pids:
+            agent.pids = pids
+        agent.state = state
+
+    def credit(self, agent_id: str | None, drop_bytes: int) -> None:
+        """Take what a service of the agent measured it freed off the agent's figure, until
+        the agent's next report."""
+        agent = self.agents.get(agent_id or "")
+        if agent is not None and drop_bytes > 0:
+            credit = min(drop_bytes, agent.rss_bytes)
+            agent.rss_bytes -= credit
+            self.reported_bytes -= credit
 
     def rss_total(self) -> int:
         return sum(a.rss_bytes for a in self.agents.values())
@@ -163,6 +221,41 @@ class Pool:
             a = self.agents.get(agent_id)
             if a is not None and pss is not None:
                 a.pss_bytes, a.rss_at_pss = pss, rss_then
+
+    # -- services --------------------------------------------------------------------------
+
+    def add_service(
+        self, conn_id: int, name: str, pid: int, agent_id: str | None, limit: int
+    ) -> bool:
+        """Register (or register again) a service; False if its connection has ``limit``."""
+        key = (conn_id, name)
+        if key not in self.services and len(self.services_on(conn_id)) >= limit:
+            return False
+        self.services[key] = ServiceEntry(name, pid, agent_id, conn_id)
+        return True
+
+    def close_service(self, conn_id: int, name: str) -> ServiceEntry | None:
+        return self.services.pop((conn_id, name), None)
+
+    def services_on(self, conn_id: int) -> list[ServiceEntry]:
+        return [s for k, s in self.services.items() if k[0] == conn_id]
+
+    def drop_connection(self, conn_id: int) -> list[ServiceEntry]:
+        """Forget the services a closed connection hosted; returns them."""
+        gone = self.services_on(conn_id)
+        for svc in gone:
+            del self.services[(conn_id, svc.name)]
+        return gone
+
+    def record_stats(self, conn_id: int, stats: dict[str, Any], rss_bytes: int) -> None:
+        """A service process's stats (per service name) and its RSS."""
+        for name, s in stats.items():
+            svc = self.services.get((conn_id, name))
+            if svc is not None:
+                svc.stats = s if isinstance(s, dict) else {}
+                svc.rss_bytes = rss_bytes
+
+    # -- status ----------------------------------------------------------------------------
 
     def status(self, now_wall: float) -> dict[str, Any]:
         agents = []

@@ -1,28 +1,57 @@
-"""The coordinator's settings: one frozen record, built from the resolved configuration."""
+"""The coordinator's settings: one frozen record, built from the resolved configuration.
+
+A field that a config setting sets says so with :func:`_setting`, which also takes its
+default from :data:`pmrun.config.SETTINGS`: the table is the one place of each default.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .. import _procfs
+from .. import _procfs, config
 from . import lifecycle, paths, policy
+
+
+def _setting(key: str, convert: Callable[[Any], Any] | None = None) -> Any:
+    """A field set from ``coordinator.KEY`` (through ``convert``), with the table's default."""
+    value = _default(key)
+    return field(
+        default=convert(value) if convert else value,
+        metadata={"setting": f"coordinator.{key}", "convert": convert},
+    )
+
+
+def _off_if_zero(port: int) -> int | None:
+    return port or None
+
+
+def _pause_default() -> policy.PauseSettings:
+    return policy.PauseSettings(
+        enabled=_default("pause"),
+        max_pause_s=_default("max-pause"),
+    )
+
+
+def _default(key: str) -> Any:
+    return config.BY_NAME[f"coordinator.{key}"].default_value
 
 
 @dataclass(frozen=True)
 class CoordinatorSettings:
     """Everything the daemon needs. Sizes in bytes, times in seconds, fractions in [0, 1]."""
 
-    socket_path: str
-    pool_bytes: int = 2 << 30  # --pool; 0 = no pool limit
-    system_threshold: float = 0.80  # --system-threshold, fraction of (container) memory used
-    psi_threshold: float | None = 0.10  # --psi-threshold on "some avg10"; None = ignore PSI
-    evict_fraction: float = 0.75  # --evict-fraction, asked at the critical level
-    victim_policy: str = "largest"  # --victim-policy
-    events_path: str = ""  # --events; "" = events.jsonl next to the socket
-    dry_run: bool = False  # log what would be stopped, stop nothing
-    settle_s: float = 0.5  # how long a broadcast waits for the services' answers
-    cooldown_s: float = 5.0  # after a stop, before stopping more (unless hard_ratio is crossed)
+    socket_path: str  # coordinator.socket, resolved (from_config)
+    pool_bytes: int = _setting("pool")  # 0 = no pool limit
+    system_threshold: float = _setting("system-threshold")  # of (container) memory used
+    psi_threshold: float | None = _setting("psi-threshold")  # None = ignore PSI
+    evict_fraction: float = _setting("evict-fraction")
+    victim_policy: str = _setting("victim-policy")
+    events_path: str = _setting("events")  # "" = events.jsonl next to the socket
+    dry_run: bool = _setting("dry-run")
+    settle_s: float = _setting("settle")
+    cooldown_s: float = _setting("cooldown")  # unless hard_ratio is crossed
     hard_ratio: float = policy.HARD_RATIO
     tick_s: float = 0.5  # longest monitor sleep, with headroom (policy.next_tick_s)
     tick_min_s: float = 0.1  # shortest, near the thresholds
@@ -39,11 +68,13 @@ class CoordinatorSettings:
     heap_timeout_s: float = 10.0  # services walk their heaps for up to 4 s (client.HEAP_BUDGET_S)
     orphan_sweep_s: float = 5.0  # pmrun.cgroups.cleanup_orphans() at most this often
     oom_score_adj: int = -500  # written when root: the kernel's OOM killer spares us
-    metrics_port: int | None = None  # --metrics-port: serve Prometheus metrics; None = off
+    metrics_port: int | None = _setting("metrics-port", _off_if_zero)  # None = off
     metrics_host: str = "127.0.0.1"  # this host only by default: the labels name agents
     hysteresis: policy.Hysteresis = field(default_factory=policy.Hysteresis)
-    pause: policy.PauseSettings = field(default_factory=policy.PauseSettings)  # pause before kill
-    idle_exit_s: float | None = None  # --idle-exit: exit after this long with no agent
+    # Pause before kill: coordinator.pause and coordinator.max-pause (from_config).
+    pause: policy.PauseSettings = field(default_factory=_pause_default)
+    # coordinator.idle-exit, or 600 s when started on demand (from_config).
+    idle_exit_s: float | None = _setting("idle-exit")
     proc: str = _procfs.PROC
     cgroup_root: str = ""  # a prefix before every cgroup mount point (tests: a fake tree)
 
@@ -54,23 +85,17 @@ class CoordinatorSettings:
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> CoordinatorSettings:
         """Settings from a resolved :class:`pmrun.config.Config`, then ``overrides``."""
-        values: dict[str, Any] = {
-            "socket_path": paths.resolve_socket_path(config["coordinator.socket"]),
-            "pool_bytes": config["coordinator.pool"],
-            "system_threshold": config["coordinator.system-threshold"],
-            "psi_threshold": config["coordinator.psi-threshold"],
-            "evict_fraction": config["coordinator.evict-fraction"],
-            "victim_policy": config["coordinator.victim-policy"],
-            "events_path": config["coordinator.events"],
-            "dry_run": config["coordinator.dry-run"],
-            "cooldown_s": config["coordinator.cooldown"],
-            "settle_s": config["coordinator.settle"],
-            "metrics_port": config["coordinator.metrics-port"] or None,
-            "idle_exit_s": lifecycle.idle_exit_s(config),
-            "pause": policy.PauseSettings(
-                enabled=config["coordinator.pause"], max_pause_s=config["coordinator.max-pause"]
-            ),
-        }
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata.get("setting")
+            if name is not None:
+                convert = f.metadata["convert"]
+                values[f.name] = convert(config[name]) if convert else config[name]
+        values["socket_path"] = paths.resolve_socket_path(config["coordinator.socket"])
+        values["idle_exit_s"] = lifecycle.idle_exit_s(config)
+        values["pause"] = policy.PauseSettings(
+            enabled=config["coordinator.pause"], max_pause_s=config["coordinator.max-pause"]
+        )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

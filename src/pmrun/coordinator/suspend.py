@@ -19,7 +19,6 @@ from . import policy
 from . import protocol as p
 
 if TYPE_CHECKING:
-    from .pool import AgentEntry
     from .server import Coordinator
 
 log = logging.getLogger("pmrun.coordinator")
@@ -114,19 +113,11 @@ class Suspender:
 
     # -- orders ----------------------------------------------------------------------------
 
-    def _send(self, agent: AgentEntry, msg: p.Message) -> bool:
-        sent = False
-        for c in self.coord.conns.values():
-            if c.agent is agent:
-                c.send(msg)
-                sent = True
-        return sent
-
     def pause_for(self, need: policy.Need, r: policy.Readings, now: float) -> bool:
         """Pause the fewest growing agents whose memory covers ``need``; True if any was."""
         if not self.settings.enabled:
             return False
-        use_pss = self.coord.use_pss
+        use_pss = self.coord.monitor.use_pss
         view = self.view(now, use_pss)
         chosen = policy.choose_pauses(view, need.bytes, self.settings)
         if not chosen:
@@ -143,12 +134,9 @@ class Suspender:
                 "growth_bytes": c.growth_bytes,
                 "signal": need.signal,
                 "max_pause_s": self.settings.max_pause_s,
-                "pool_used_bytes": r.pool_used_bytes,
-                "pool_limit_bytes": r.pool_limit_bytes,
-                "system_used_bytes": r.system_used_bytes,
-                "system_threshold_bytes": r.system_threshold_bytes,
+                **policy.order_figures(r),
             }
-            delivered = self._send(agent, p.Pause(reason=need.reason, detail=detail))
+            delivered = agent.send(p.Pause(reason=need.reason, detail=detail))
             if not delivered:  # no connection to its launcher: nobody could pause it
                 continue
             t = self._track(c.agent_id)
@@ -168,7 +156,7 @@ class Suspender:
 
     def resume_step(self, r: policy.Readings, now: float) -> None:
         """Resume one paused agent if headroom is back (see :func:`~.policy.choose_resume`)."""
-        view = self.view(now, self.coord.use_pss)
+        view = self.view(now, self.coord.monitor.use_pss)
         pick = policy.choose_resume(view, r, now, self._last_resume, self.settings)
         if pick is None:
             return
@@ -183,20 +171,15 @@ class Suspender:
         t.paused_total_s += paused_s
         t.paused_at = t.paused_wall = None
         self._last_resume = now
-        detail = {"paused_s": round(paused_s, 3), "why": why}
+        detail: dict[str, Any] = {"paused_s": round(paused_s, 3), "why": why}
         if r is not None:
-            detail.update(
-                pool_used_bytes=r.pool_used_bytes,
-                pool_limit_bytes=r.pool_limit_bytes,
-                system_used_bytes=r.system_used_bytes,
-                system_threshold_bytes=r.system_threshold_bytes,
-            )
-        delivered = self._send(agent, p.Resume(detail=detail))
+            detail.update(policy.order_figures(r))
+        delivered = agent.send(p.Resume(detail=detail))
         if agent.state == "paused":
             agent.state = "running"
         self.coord.events.write(
             "agent.resume", agent=agent.agent_id, name=agent.name, pid=agent.launcher_pid,
-            delivered=delivered, bytes=agent.pool_bytes(self.coord.use_pss), **detail,
+            delivered=delivered, bytes=agent.pool_bytes(self.coord.monitor.use_pss), **detail,
         )  # fmt: skip
         log.info("resuming %s after %.1f s (%s)", agent.name, paused_s, why)
 
