@@ -194,11 +194,22 @@ def test_kill_orphans_keeps_its_rules(owned: Owned) -> None:
 # -- trees ----------------------------------------------------------------------------------
 
 
+def sleeping(pid: int) -> bool:
+    try:
+        return _procfs.comm(pid) == "sleep"
+    except _procfs.ProcessGone:
+        return False
+
+
 def parent_with_children(owned: Owned, n: int) -> tuple[subprocess.Popen[bytes], list[int]]:
     """A shell with ``n`` sleeping children (its own pid is the tree's root)."""
-    root = owned.popen(["sh", "-c", f"for i in $(seq {n}); do sleep 300 & done; wait; exec sleep 300"])
-    kids = wait_for(lambda: len(k := _procfs.children(root.pid)) == n and k, 10, "children")
-    return root, kids
+    root = owned.popen(["sh", "-c", "sleep 300 & " * n + "wait; exec sleep 300"])
+
+    def kids() -> list[int]:
+        k = _procfs.children(root.pid)
+        return k if len(k) == n and all(sleeping(p) for p in k) else []
+
+    return root, wait_for(kids, 10, "children")
 
 
 def test_kill_tree_kills_every_process_and_copes_with_one_that_exits_meanwhile(
@@ -328,7 +339,11 @@ def test_kill_tree_returns_what_is_left_stuck(owned: Owned, frozen_group: Path) 
 
 def test_a_real_tree_with_a_fork_loop_is_killed(owned: Owned) -> None:
     # Forks on while it is being killed, slowly enough to stay a few hundred processes.
-    loop = "import os, time\nfor _ in range(500):\n    if os.fork() == 0:\n        time.sleep(300)\n    time.sleep(0.005)\n"
+    # Each child sleeps, then exits: never forks on itself, so the tree stays bounded.
+    loop = (
+        "import os, time\nfor _ in range(500):\n    if os.fork() == 0:\n"
+        "        time.sleep(300)\n        os._exit(0)\n    time.sleep(0.005)\n"
+    )
     root = owned.popen(["sh", "-c", f"{sys.executable} -c '{loop}' & wait"])
     listing = lambda: _procfs.descendants(_procfs.children(root.pid))  # noqa: E731
     wait_for(lambda: len(listing()) > 20, 20, "the loop forked")
