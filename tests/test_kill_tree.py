@@ -12,75 +12,43 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import coordinator_fixtures
+from coordinator_fixtures import Procs, wait_until
 from pmrun import _keeper, _procfs, _signals, cgroups
 from pmrun.backends.sampling import SamplingBackend
 from pmrun.coordinator.orphans import kill_orphans
 
+procs = coordinator_fixtures.procs  # the fixture that owns every process a test starts
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 FREEZER = Path("/sys/fs/cgroup/freezer")
 
 
-class Owned:
-    """Every process a test starts: killed and reaped at teardown, checked gone by pid."""
-
-    def __init__(self) -> None:
-        self.popens: list[subprocess.Popen[bytes]] = []
-
-    def popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        self.popens.append(p)
-        return p
-
-    def sleeper(self) -> subprocess.Popen[bytes]:
-        return self.popen(["sleep", "300"])
-
-    def at_pid(self, pid: int) -> subprocess.Popen[bytes] | None:
-        """A sleeper that takes ``pid`` (free now), or None if another fork keeps winning it."""
-        for _ in range(50):
-            with open(NS_LAST_PID, "w") as f:
-                f.write(str(pid - 1))
-            p = self.sleeper()
-            if p.pid == pid:
-                return p
-            p.kill()
-            p.wait()
-        return None
-
-    def cleanup(self) -> None:
-        for p in self.popens:
-            if p.poll() is None:
-                p.kill()
-            p.wait(30)
+def sleeper(procs: Procs) -> subprocess.Popen[bytes]:
+    return procs.popen(["sleep", "300"], stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def owned() -> Iterator[Owned]:
-    o = Owned()
-    try:
-        yield o
-    finally:
-        o.cleanup()
+def at_pid(procs: Procs, pid: int) -> subprocess.Popen[bytes] | None:
+    """A sleeper that takes ``pid`` (free now), or None if another fork keeps winning it."""
+    for _ in range(50):
+        with open(NS_LAST_PID, "w") as f:
+            f.write(str(pid - 1))
+        p = sleeper(procs)
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    return None
 
 
 def needs_pid_control() -> None:
     if not os.access(NS_LAST_PID, os.W_OK):
         pytest.skip("choosing the next pid needs root (ns_last_pid)")
-
-
-def wait_for(pred, timeout_s: float = 10.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not (value := pred()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s}s")
-        time.sleep(0.005)
-    return value
 
 
 def running(pid: int) -> bool:
@@ -92,16 +60,16 @@ def ticks_now() -> int:
         return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
 
 
-def recycle(owned: Owned, victim: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+def recycle(procs: Procs, victim: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
     """End ``victim`` and give its pid to a new process with a later start time."""
     start = _procfs.start_time(victim.pid)
-    wait_for(lambda: ticks_now() > start + 1, 5, "a clock tick later")
+    wait_until(lambda: ticks_now() > start + 1, 5, "a clock tick later")
     victim.kill()
     victim.wait()
-    newcomer = owned.at_pid(victim.pid)
+    newcomer = at_pid(procs, victim.pid)
     if newcomer is None:
         pytest.skip("another process kept taking the freed pid")
-    wait_for(lambda: _procfs.start_time(newcomer.pid) > start, 5, "the newcomer started")
+    wait_until(lambda: _procfs.start_time(newcomer.pid) > start, 5, "the newcomer started")
     return newcomer
 
 
@@ -109,7 +77,7 @@ def recycle(owned: Owned, victim: subprocess.Popen[bytes]) -> subprocess.Popen[b
 
 
 def test_a_pid_recycled_after_the_identity_check_is_not_killed(
-    owned: Owned, monkeypatch: pytest.MonkeyPatch
+    procs: Procs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The old window: start time checked by pid, then the kill sent by pid.
 
@@ -118,15 +86,15 @@ def test_a_pid_recycled_after_the_identity_check_is_not_killed(
     orphan, so the kill fails instead of reaching the newcomer.
     """
     needs_pid_control()
-    victim = owned.sleeper()
-    start = wait_for(lambda: _procfs.start_time(victim.pid), 5, "started")
+    victim = sleeper(procs)
+    start = wait_until(lambda: _procfs.start_time(victim.pid), 5, "started")
     real_uid = _procfs.uid
     newcomers: list[subprocess.Popen[bytes]] = []
 
     def uid_then_recycle(pid: int, proc: str = _procfs.PROC) -> int:
         owner = real_uid(pid, proc)
         if pid == victim.pid and not newcomers:
-            newcomers.append(recycle(owned, victim))
+            newcomers.append(recycle(procs, victim))
         return owner
 
     monkeypatch.setattr(_procfs, "uid", uid_then_recycle)
@@ -137,11 +105,11 @@ def test_a_pid_recycled_after_the_identity_check_is_not_killed(
     assert newcomer.poll() is None and running(newcomer.pid)
 
 
-def test_a_recycled_pid_is_not_killed(owned: Owned) -> None:
+def test_a_recycled_pid_is_not_killed(procs: Procs) -> None:
     needs_pid_control()
-    victim = owned.sleeper()
-    start = wait_for(lambda: _procfs.start_time(victim.pid), 5, "started")
-    newcomer = recycle(owned, victim)
+    victim = sleeper(procs)
+    start = wait_until(lambda: _procfs.start_time(victim.pid), 5, "started")
+    newcomer = recycle(procs, victim)
     assert _signals.kill_identified([(victim.pid, start)]) == []
     assert newcomer.poll() is None and running(newcomer.pid)
     # Its own identity, it is killed.
@@ -151,13 +119,13 @@ def test_a_recycled_pid_is_not_killed(owned: Owned) -> None:
     assert newcomer.wait(10) == -signal.SIGKILL
 
 
-def test_gone_zombie_and_refused_pids_are_skipped_the_rest_killed(owned: Owned) -> None:
-    gone = owned.popen(["true"])
+def test_gone_zombie_and_refused_pids_are_skipped_the_rest_killed(procs: Procs) -> None:
+    gone = procs.popen(["true"])
     gone.wait()
-    zombie = owned.popen(["true"])
-    wait_for(lambda: _procfs.stat(zombie.pid).state == "Z", 5, "a zombie")
-    live = owned.sleeper()
-    refused = owned.sleeper()
+    zombie = procs.popen(["true"])
+    wait_until(lambda: _procfs.stat(zombie.pid).state == "Z", 5, "a zombie")
+    live = sleeper(procs)
+    refused = sleeper(procs)
     pairs = [
         (gone.pid, 1),
         (zombie.pid, _procfs.start_time(zombie.pid)),
@@ -170,12 +138,12 @@ def test_gone_zombie_and_refused_pids_are_skipped_the_rest_killed(owned: Owned) 
     assert refused.poll() is None
 
 
-def test_kill_orphans_keeps_its_rules(owned: Owned) -> None:
-    old = owned.sleeper()
+def test_kill_orphans_keeps_its_rules(procs: Procs) -> None:
+    old = sleeper(procs)
     old_start = _procfs.start_time(old.pid)
-    wait_for(lambda: ticks_now() > old_start + 1, 5, "a clock tick later")
-    young = owned.sleeper()
-    young_start = wait_for(lambda: _procfs.start_time(young.pid), 5, "started")
+    wait_until(lambda: ticks_now() > old_start + 1, 5, "a clock tick later")
+    young = sleeper(procs)
+    young_start = wait_until(lambda: _procfs.start_time(young.pid), 5, "started")
     launcher_start = old_start + 1
     me = os.getpid()
     pairs = [
@@ -201,21 +169,21 @@ def sleeping(pid: int) -> bool:
         return False
 
 
-def parent_with_children(owned: Owned, n: int) -> tuple[subprocess.Popen[bytes], list[int]]:
+def parent_with_children(procs: Procs, n: int) -> tuple[subprocess.Popen[bytes], list[int]]:
     """A shell with ``n`` sleeping children (its own pid is the tree's root)."""
-    root = owned.popen(["sh", "-c", "sleep 300 & " * n + "wait; exec sleep 300"])
+    root = procs.popen(["sh", "-c", "sleep 300 & " * n + "wait; exec sleep 300"])
 
     def kids() -> list[int]:
         k = _procfs.children(root.pid)
         return k if len(k) == n and all(sleeping(p) for p in k) else []
 
-    return root, wait_for(kids, 10, "children")
+    return root, wait_until(kids, 10, "children")
 
 
 def test_kill_tree_kills_every_process_and_copes_with_one_that_exits_meanwhile(
-    owned: Owned,
+    procs: Procs,
 ) -> None:
-    root, kids = parent_with_children(owned, 4)
+    root, kids = parent_with_children(procs, 4)
     early = kids[0]
     calls = 0
 
@@ -225,24 +193,24 @@ def test_kill_tree_kills_every_process_and_copes_with_one_that_exits_meanwhile(
         pids = _procfs.descendants(_procfs.children(root.pid))
         if calls == 1:  # listed, then it exits before it is signalled
             os.kill(early, signal.SIGKILL)
-            wait_for(lambda: not running(early), 5, "the early one gone")
+            wait_until(lambda: not running(early), 5, "the early one gone")
         return pids
 
     left = _signals.kill_tree(listing, root.pid, lambda: None)  # the shell reaps
     assert left == []
-    wait_for(lambda: not _procfs.any_alive(kids), 10, "the tree gone")
+    wait_until(lambda: not _procfs.any_alive(kids), 10, "the tree gone")
     assert root.poll() is None  # the root itself is not part of the tree
 
 
-def test_kill_tree_does_not_signal_a_pid_recycled_outside_the_tree(owned: Owned) -> None:
+def test_kill_tree_does_not_signal_a_pid_recycled_outside_the_tree(procs: Procs) -> None:
     needs_pid_control()
-    root, kids = parent_with_children(owned, 1)
+    root, kids = parent_with_children(procs, 1)
     # The child is reaped and its pid taken by a process outside the tree (the test's own
     # child); a stale listing still names it.
     [kid] = kids
     os.kill(kid, signal.SIGKILL)
-    wait_for(lambda: not os.path.exists(f"/proc/{kid}"), 10, "reaped by the shell")
-    newcomer = owned.at_pid(kid)
+    wait_until(lambda: not os.path.exists(f"/proc/{kid}"), 10, "reaped by the shell")
+    newcomer = at_pid(procs, kid)
     if newcomer is None:
         pytest.skip("another process kept taking the freed pid")
     stale = [kid]
@@ -265,22 +233,22 @@ def frozen_group() -> Iterator[Path]:
         (group / "freezer.state").write_text("THAWED")
         for pid in (group / "cgroup.procs").read_text().split():
             os.kill(int(pid), signal.SIGKILL)
-        wait_for(lambda: not (group / "cgroup.procs").read_text().split(), 30, "group empty")
+        wait_until(lambda: not (group / "cgroup.procs").read_text().split(), 30, "group empty")
         group.rmdir()
 
 
 def freeze(group: Path, pid: int) -> None:
     (group / "cgroup.procs").write_text(str(pid))
     (group / "freezer.state").write_text("FROZEN")
-    wait_for(lambda: (group / "freezer.state").read_text().strip() == "FROZEN", 10, "frozen")
+    wait_until(lambda: (group / "freezer.state").read_text().strip() == "FROZEN", 10, "frozen")
 
 
 @pytest.mark.parametrize("how", ["sampling.kill_all", "keeper.kill_below"])
 def test_a_kill_gives_up_on_a_process_that_cannot_die(
-    owned: Owned, frozen_group: Path, how: str
+    procs: Procs, frozen_group: Path, how: str
 ) -> None:
     """A frozen task keeps its SIGKILL pending: the kill returns after its timeout."""
-    root, [stuck] = parent_with_children(owned, 1)
+    root, [stuck] = parent_with_children(procs, 1)
     freeze(frozen_group, stuck)
     result: list[object] = []
 
@@ -303,15 +271,15 @@ def test_a_kill_gives_up_on_a_process_that_cannot_die(
     t.join(60)
     assert not stuck_still, "the kill waited for ever on a process SIGKILL cannot end yet"
     assert result in ([None], [[]])
-    wait_for(lambda: not running(stuck), 10, "killed once thawed")
+    wait_until(lambda: not running(stuck), 10, "killed once thawed")
 
 
-def test_a_zombie_or_exiting_launcher_s_group_is_an_orphan(owned: Owned, tmp_path: Path) -> None:
-    zombie = owned.popen(["true"])
-    wait_for(lambda: _procfs.stat(zombie.pid).state == "Z", 5, "a zombie")
+def test_a_zombie_or_exiting_launcher_s_group_is_an_orphan(procs: Procs, tmp_path: Path) -> None:
+    zombie = procs.popen(["true"])
+    wait_until(lambda: _procfs.stat(zombie.pid).state == "Z", 5, "a zombie")
     assert not cgroups.launcher_alive(zombie.pid, _procfs.start_time(zombie.pid))
-    live = owned.sleeper()
-    start = wait_for(lambda: _procfs.start_time(live.pid), 5, "started")
+    live = sleeper(procs)
+    start = wait_until(lambda: _procfs.start_time(live.pid), 5, "started")
     assert cgroups.launcher_alive(live.pid, start)
     assert not cgroups.launcher_alive(live.pid, start + 1)
     # A launcher past exit(2), its flags saying so, is dead too (a fake /proc line).
@@ -324,8 +292,8 @@ def test_a_zombie_or_exiting_launcher_s_group_is_an_orphan(owned: Owned, tmp_pat
     assert not cgroups.launcher_alive(live.pid, start, str(tmp_path))
 
 
-def test_kill_tree_returns_what_is_left_stuck(owned: Owned, frozen_group: Path) -> None:
-    root, [stuck] = parent_with_children(owned, 1)
+def test_kill_tree_returns_what_is_left_stuck(procs: Procs, frozen_group: Path) -> None:
+    root, [stuck] = parent_with_children(procs, 1)
     freeze(frozen_group, stuck)
     now = [0.0]
 
@@ -337,15 +305,15 @@ def test_kill_tree_returns_what_is_left_stuck(owned: Owned, frozen_group: Path) 
     assert _signals.kill_tree(listing, root.pid, lambda: None, timeout_s=2, clock=clock) == [stuck]
 
 
-def test_a_real_tree_with_a_fork_loop_is_killed(owned: Owned) -> None:
+def test_a_real_tree_with_a_fork_loop_is_killed(procs: Procs) -> None:
     # Forks on while it is being killed, slowly enough to stay a few hundred processes.
     # Each child sleeps, then exits: never forks on itself, so the tree stays bounded.
     loop = (
         "import os, time\nfor _ in range(500):\n    if os.fork() == 0:\n"
         "        time.sleep(300)\n        os._exit(0)\n    time.sleep(0.005)\n"
     )
-    root = owned.popen(["sh", "-c", f"{sys.executable} -c '{loop}' & wait"])
+    root = procs.popen(["sh", "-c", f"{sys.executable} -c '{loop}' & wait"])
     listing = lambda: _procfs.descendants(_procfs.children(root.pid))  # noqa: E731
-    wait_for(lambda: len(listing()) > 20, 20, "the loop forked")
+    wait_until(lambda: len(listing()) > 20, 20, "the loop forked")
     assert _signals.kill_tree(listing, root.pid, lambda: None) == []
-    wait_for(lambda: not _procfs.any_alive(listing()), 20, "the tree gone")
+    wait_until(lambda: not _procfs.any_alive(listing()), 20, "the tree gone")
