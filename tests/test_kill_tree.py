@@ -138,6 +138,44 @@ def test_gone_zombie_and_refused_pids_are_skipped_the_rest_killed(procs: Procs) 
     assert refused.poll() is None
 
 
+# A main thread that called pthread_exit: the leader shows Z while another thread runs.
+HEADLESS = (
+    "import ctypes, threading, time\n"
+    "threading.Thread(target=time.sleep, args=(300,)).start()\n"
+    "ctypes.CDLL(None).pthread_exit(None)\n"
+)
+
+
+def headless(procs: Procs) -> subprocess.Popen[bytes]:
+    p = procs.popen([sys.executable, "-c", HEADLESS], stdin=subprocess.DEVNULL)
+    wait_until(lambda: _procfs.stat(p.pid).state == "Z", 10, "the main thread gone")
+    return p
+
+
+def tasks(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+
+
+def test_a_process_whose_main_thread_exited_is_still_killed(procs: Procs) -> None:
+    p = headless(procs)
+    st = _procfs.stat(p.pid)
+    assert st.threads > 1 and st.running and not st.zombie
+    assert _procfs.same_process(p.pid, st.start_time)
+    assert _signals.kill_identified([(p.pid, st.start_time)]) == [p.pid]
+    assert p.wait(10) == -signal.SIGKILL
+
+
+def test_kill_tree_kills_a_child_whose_main_thread_exited(procs: Procs) -> None:
+    root = procs.popen(["sh", "-c", f"{sys.executable} -c '{HEADLESS}' & wait; exec sleep 300"])
+    kid = wait_until(lambda: _procfs.children(root.pid), 10, "the child")[0]
+    wait_until(lambda: _procfs.stat(kid).state == "Z", 10, "the main thread gone")
+    assert _keeper.kill_below(root.pid, reap=lambda: None) == []
+    wait_until(lambda: len(tasks(kid)) <= 1, 10, "the child's last thread killed")
+
+
 def test_kill_orphans_keeps_its_rules(procs: Procs) -> None:
     old = sleeper(procs)
     old_start = _procfs.start_time(old.pid)

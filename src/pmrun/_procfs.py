@@ -233,8 +233,19 @@ class ProcStat:
         self.rss_bytes = rss_bytes  # every resident page, file-backed ones included
 
     @property
+    def zombie(self) -> bool:
+        """Every thread is gone; only the exit status waits to be reaped.
+
+        A leader that ended by ``pthread_exit`` shows Z too while its other threads run:
+        the thread count tells them apart.
+        """
+        return self.state in ("Z", "X", "x") and self.threads <= 1
+
+    @property
     def running(self) -> bool:
-        """Neither a zombie nor exiting: a signal can still change what it does."""
+        """Some thread of it can still act: not a zombie, and not exiting (``PF_EXITING``)."""
+        if self.threads > 1:
+            return True
         return self.state not in ("Z", "X", "x") and not self.flags & PF_EXITING
 
     def __repr__(self) -> str:
@@ -307,7 +318,7 @@ def any_alive(pids: list[int], proc: str = PROC) -> bool:
     """Whether any of ``pids`` is still running (zombies waiting to be reaped are not)."""
     for pid in pids:
         try:
-            if stat(pid, proc).state not in ("Z", "X"):
+            if not stat(pid, proc).zombie:
                 return True
         except ProcessGone:
             continue

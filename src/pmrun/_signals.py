@@ -115,9 +115,8 @@ def kill_tree(
 
     Freezing first means nothing forks between our walk and our kill: the tree is walked
     (parents before children) again until no new process appears, then the frozen set is
-    killed. A process is
-    signalled only if, pinned by a pidfd, its parent is ``root`` or in the tree (see
-    :func:`send`). ``reap`` collects the zombies between rounds. Returns the pids still
+    killed. A process is signalled only if, pinned by a pidfd, its parent is ``root`` or
+    in the tree (see :func:`send`). ``reap`` collects the zombies between rounds. Returns the pids still
     alive: those that refused the signal (:data:`REFUSED`), and after ``timeout_s`` those
     stuck in the kernel (their SIGKILL stays pending).
     """
