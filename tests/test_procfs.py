@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def make_proc(tmp_path: Path) -> Path:
     (p / "task" / "42").mkdir(parents=True)
     (p / "statm").write_text("2560 1024 100 1 0 500 0\n")
     (p / "stat").write_text(
-        "42 (my (odd) name) S 1 42 42 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 777 0 0\n"
+        "42 (my (odd) name) S 1 42 42 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 777 4096 3\n"
     )
     (p / "comm").write_text("my (odd) name\n")
     (p / "task" / "42" / "children").write_text("43 44 ")
@@ -37,8 +38,12 @@ def make_proc(tmp_path: Path) -> Path:
 def test_parsing_a_fake_proc(tmp_path: Path) -> None:
     proc = str(make_proc(tmp_path))
     assert _procfs.statm(42, proc) == (2560 * _procfs.PAGE_SIZE, 1024 * _procfs.PAGE_SIZE)
-    fields = _procfs.stat(42, proc)
-    assert fields[1] == "my (odd) name" and fields[2] == "S" and fields[3] == "1"
+    st = _procfs.stat(42, proc)
+    assert (st.pid, st.comm, st.state, st.ppid, st.pgrp, st.session) == (
+        42, "my (odd) name", "S", 1, 42, 42,
+    )  # fmt: skip
+    assert (st.threads, st.start_time, st.vsize_bytes) == (1, 777, 4096)
+    assert st.rss_bytes == 3 * _procfs.PAGE_SIZE and st.running
     assert _procfs.start_time(42, proc) == 777
     assert _procfs.children(42, proc) == [43, 44]
     assert _procfs.uss_pss(42, proc) == (1000 * 1024, 2048 * 1024, 10 * 1024)
@@ -128,3 +133,59 @@ def test_tree_reader_finds_children_of_every_thread() -> None:
             except ProcessLookupError:
                 pass
         p.wait()
+
+
+def stat_line(state: str = "S", flags: int = 0, start: int = 777) -> str:
+    return f"42 (a) {state} 1 42 42 0 -1 {flags} 0 0 0 0 1 2 0 0 20 0 1 0 {start} 4096 3\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "same"),
+    [
+        (stat_line(), True),
+        (stat_line(start=778), False),  # a recycled pid
+        (stat_line(state="Z"), False),
+        (stat_line(state="X"), False),
+        (stat_line(flags=_procfs.PF_EXITING | 0x400000), False),  # past exit(2)
+        (stat_line(state="D", flags=0x400100), True),
+        ("42 (a) S 1 42\n", False),  # truncated: not a process we can vouch for
+        ("garbage", False),
+    ],
+)
+def test_same_process_on_a_fake_proc(tmp_path: Path, line: str, same: bool) -> None:
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "stat").write_text(line)
+    assert _procfs.same_process(42, 777, str(tmp_path)) is same
+
+
+def test_same_process_edges(tmp_path: Path) -> None:
+    assert not _procfs.same_process(0, None) and not _procfs.same_process(-1, None)
+    assert not _procfs.same_process(42, 777, str(tmp_path))  # gone
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "stat").write_text(stat_line(start=1))
+    assert _procfs.same_process(42, None, str(tmp_path))  # no start time: liveness only
+    (tmp_path / "43" / "stat").mkdir(parents=True)  # unreadable: the caller says what it means
+    assert not _procfs.same_process(43, 777, str(tmp_path))
+    assert _procfs.same_process(43, 777, str(tmp_path), unreadable=True)
+
+
+def test_stat_and_same_process_on_real_processes() -> None:
+    me = _procfs.stat(os.getpid())
+    assert me.pid == os.getpid() and me.ppid == os.getppid() and me.state == "R"
+    assert me.pgrp == os.getpgrp() and me.session == os.getsid(0) and me.running
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        st = _procfs.stat(p.pid)
+        assert st.ppid == os.getpid() and st.comm in ("sleep", "python")
+        assert _procfs.same_process(p.pid, st.start_time)
+        assert not _procfs.same_process(p.pid, st.start_time + 1)
+        p.kill()
+        deadline = time.monotonic() + 10
+        while _procfs.stat(p.pid).state != "Z":  # killed, not yet reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert not _procfs.same_process(p.pid, st.start_time)
+    finally:
+        p.kill()
+        p.wait()
+    assert not _procfs.same_process(p.pid, st.start_time)

@@ -13,6 +13,7 @@ has no children left; its exit therefore means "the tree is empty".
 from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py would import enum for its IntEnums
+import functools
 import os
 import struct
 
@@ -42,32 +43,18 @@ def kill_below(
     *,
     spare: Callable[[int], bool] | None = None,
     reap: Callable[[], object] | None = None,
+    timeout_s: float = _signals.KILL_TIMEOUT_S,
 ) -> list[int]:
     """SIGSTOP then SIGKILL every descendant of ``root`` until none we may kill is alive.
 
     Returns the pids left alive because they refused the signal (another uid). Children
     of ``root`` for which ``spare(pid)`` is true are left alone, with their descendants.
+    Gives up on a process stuck in the kernel after ``timeout_s`` (see
+    :func:`pmrun._signals.kill_tree`); its SIGKILL stays pending and the keeper reaps it.
     """
-    reap = reap or _reap_all
-    while True:
-        stopped: set[int] = set()
-        for _ in range(100):
-            pids = _below(root, spare)
-            new = [p for p in pids if p not in stopped]
-            if not new:
-                break
-            parents = {root, *pids}
-            for p in new:
-                _signals.send(p, signal.SIGSTOP, parents=parents)
-                stopped.add(p)
-        pids = _below(root, spare)
-        killable = [p for p in pids if p not in _signals.REFUSED]
-        if not _procfs.any_alive(killable):
-            return [p for p in pids if p in _signals.REFUSED and _procfs.any_alive([p])]
-        parents = {root, *pids}
-        for p in killable:
-            _signals.send(p, signal.SIGKILL, parents=parents)
-        reap()
+    below = functools.partial(_below, root, spare)
+    left = _signals.kill_tree(below, root, reap or _reap_all, timeout_s=timeout_s)
+    return [p for p in left if p in _signals.REFUSED]
 
 
 def _below(root: int, spare: Callable[[int], bool] | None) -> list[int]:

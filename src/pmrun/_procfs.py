@@ -164,7 +164,7 @@ def children_by_scan(proc: str = PROC) -> dict[int, list[int]]:
         if not name.isdigit():
             continue
         try:
-            ppid = int(stat(int(name), proc)[3])
+            ppid = stat(int(name), proc).ppid
         except (ProcessGone, PermissionError):
             continue
         tree.setdefault(ppid, []).append(int(name))
@@ -195,28 +195,130 @@ def descendants(roots: list[int], proc: str = PROC) -> list[int]:
     return seen
 
 
-def stat(pid: int, proc: str = PROC) -> list[str]:
-    """Fields of ``/proc/PID/stat``; index 0 is the pid, 1 the comm, 2 the state, ...
+# Task flag in /proc/PID/stat (include/linux/sched.h): the process is exiting. It is set
+# before its memory and files go and long before it shows as a zombie.
+PF_EXITING = 0x4
 
-    Parsed from the last ``)``: a comm may hold spaces and parentheses.
+
+class ProcStat:
+    """The fields of ``/proc/PID/stat`` pmrun uses, named; sizes in bytes, times in ticks."""
+
+    __slots__ = ("pid", "comm", "state", "ppid", "pgrp", "session", "flags", "threads",
+                 "start_time", "vsize_bytes", "rss_bytes")  # fmt: skip
+
+    def __init__(
+        self,
+        pid: int,
+        comm: str,
+        state: str,
+        ppid: int,
+        pgrp: int,
+        session: int,
+        flags: int,
+        threads: int,
+        start_time: int,
+        vsize_bytes: int,
+        rss_bytes: int,
+    ) -> None:
+        self.pid = pid
+        self.comm = comm
+        self.state = state  # R, S, D, T, t, Z, X, ...
+        self.ppid = ppid
+        self.pgrp = pgrp
+        self.session = session
+        self.flags = flags  # PF_* task flags
+        self.threads = threads
+        self.start_time = start_time  # clock ticks after boot: with the pid, an identity
+        self.vsize_bytes = vsize_bytes
+        self.rss_bytes = rss_bytes  # every resident page, file-backed ones included
+
+    @property
+    def zombie(self) -> bool:
+        """Every thread is gone; only the exit status waits to be reaped.
+
+        A leader that ended by ``pthread_exit`` shows Z too while its other threads run:
+        the thread count tells them apart.
+        """
+        return self.state in ("Z", "X", "x") and self.threads <= 1
+
+    @property
+    def running(self) -> bool:
+        """Some thread of it can still act: not a zombie, and not exiting (``PF_EXITING``)."""
+        if self.threads > 1:
+            return True
+        return self.state not in ("Z", "X", "x") and not self.flags & PF_EXITING
+
+    def __repr__(self) -> str:
+        return (
+            f"ProcStat(pid={self.pid}, comm={self.comm!r}, state={self.state!r},"
+            f" ppid={self.ppid}, start_time={self.start_time})"
+        )
+
+
+def parse_stat(pid: int, text: str) -> ProcStat:
+    """A ``/proc/PID/stat`` line as a :class:`ProcStat`; :class:`ProcessGone` if it is not one.
+
+    Parsed from the last ``)``: a comm may hold spaces and parentheses. Field N of
+    proc(5) is ``rest[N - 3]``.
     """
-    text = _read(f"{proc}/{pid}/stat")
     lpar, rpar = text.find("("), text.rfind(")")
-    if lpar < 0 or rpar < 0:
+    rest = text[rpar + 1 :].split()
+    if lpar < 0 or rpar < lpar or len(rest) < 22:
         raise ProcessGone(pid)
-    return [text[:lpar].strip(), text[lpar + 1 : rpar], *text[rpar + 1 :].split()]
+    try:
+        return ProcStat(
+            pid=int(text[:lpar]),
+            comm=text[lpar + 1 : rpar],
+            state=rest[0],
+            ppid=int(rest[1]),
+            pgrp=int(rest[2]),
+            session=int(rest[3]),
+            flags=int(rest[6]),
+            threads=int(rest[17]),
+            start_time=int(rest[19]),
+            vsize_bytes=int(rest[20]),
+            rss_bytes=int(rest[21]) * PAGE_SIZE,
+        )
+    except ValueError:
+        raise ProcessGone(pid) from None
+
+
+def stat(pid: int, proc: str = PROC) -> ProcStat:
+    """``/proc/PID/stat`` of ``pid``, parsed."""
+    return parse_stat(pid, _read(f"{proc}/{pid}/stat"))
 
 
 def start_time(pid: int, proc: str = PROC) -> int:
     """The process's start time in clock ticks since boot: with the pid, a unique identity."""
-    return int(stat(pid, proc)[21])
+    return stat(pid, proc).start_time
+
+
+def same_process(
+    pid: int, start_time: int | None, proc: str = PROC, *, unreadable: bool = False
+) -> bool:
+    """Whether ``pid`` is still the process that started at ``start_time`` and still running.
+
+    A zombie or an exiting process is not (it will never act again), nor a recycled pid
+    (another start time). With ``start_time`` None only liveness is checked. Where /proc
+    refuses to say (EACCES), the answer is ``unreadable``: the caller knows which mistake
+    is the safe one.
+    """
+    if pid <= 0:
+        return False
+    try:
+        st = stat(pid, proc)
+    except ProcessGone:
+        return False
+    except OSError:
+        return unreadable
+    return st.running and (start_time is None or st.start_time == start_time)
 
 
 def any_alive(pids: list[int], proc: str = PROC) -> bool:
     """Whether any of ``pids`` is still running (zombies waiting to be reaped are not)."""
     for pid in pids:
         try:
-            if stat(pid, proc)[2] not in ("Z", "X"):
+            if not stat(pid, proc).zombie:
                 return True
         except ProcessGone:
             continue

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
+from . import _procfs
 from .sizes import parse_optional_size, parse_size
 
 # What an ``args`` may be, as for Popen.
@@ -132,11 +133,6 @@ class _Plumbing:
             pass
 
 
-def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[1])
-
-
 def _pin(pid: int, launcher_pid: int) -> int | None:
     """A pidfd for the command, only if it still is the command: its parent's parent is pmrun.
 
@@ -148,9 +144,10 @@ def _pin(pid: int, launcher_pid: int) -> int | None:
     except OSError:
         return None
     try:
-        if _ppid(_ppid(pid)) == launcher_pid:  # command -> keeper -> launcher
+        keeper = _procfs.stat(pid).ppid
+        if _procfs.stat(keeper).ppid == launcher_pid:  # command -> keeper -> launcher
             return fd
-    except (OSError, ValueError, IndexError):
+    except (OSError, _procfs.ProcessGone):
         pass
     os.close(fd)
     return None

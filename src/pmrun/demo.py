@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from . import _procfs
 from .sizes import format_size
 
 MIB = 1 << 20
@@ -157,11 +158,10 @@ def pids_with_token(token: str, var: str = TOKEN_VAR) -> list[int]:
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
                 env = f.read()
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
+            state = _procfs.stat(int(name)).state
+        except (OSError, _procfs.ProcessGone):
             continue  # gone, or not ours to read
-        if needle in env.split(b"\0") and state not in (b"Z", b"X"):
+        if needle in env.split(b"\0") and state not in ("Z", "X"):
             found.append(int(name))
     return found
 

@@ -16,7 +16,6 @@ a copy-on-write break at the next pass.
 
 from __future__ import annotations
 
-import _signal as signal  # the C module: signal.py would import enum for its IntEnums
 import os
 import time
 
@@ -149,26 +148,9 @@ class SamplingBackend(Backend):
         pids, parents = self._tree()
         return sum(_signals.send(p, sig, parents=parents) for p in pids)
 
-    def kill_all(self, reap: Callable[[], None]) -> None:
-        # Freeze first (SIGSTOP) so that nothing forks between our walk and our kill,
-        # walking again until no new process appears; then SIGKILL the frozen set.
-        while True:
-            stopped: set[int] = set()
-            for _ in range(100):
-                pids, parents = self._tree()
-                new = [p for p in pids if p not in stopped]
-                if not new:
-                    break
-                for p in new:
-                    _signals.send(p, signal.SIGSTOP, parents=parents)
-                    stopped.add(p)
-            pids, parents = self._tree()
-            if not pids:
-                return
-            for p in pids:
-                _signals.send(p, signal.SIGKILL, parents=parents)
-            reap()
-            if not _procfs.any_alive(self.pids()):
-                return
-            time.sleep(0.001)  # let the kernel finish exits before the next walk
-            reap()
+    def kill_all(
+        self, reap: Callable[[], None], timeout_s: float = _signals.KILL_TIMEOUT_S
+    ) -> None:
+        """Freeze and kill the tree; gives up after ``timeout_s`` on what SIGKILL cannot end
+        (another uid, a task stuck in the kernel or in a frozen cgroup)."""
+        _signals.kill_tree(self.pids, self._root, reap, timeout_s=timeout_s)

@@ -23,13 +23,12 @@ if TYPE_CHECKING:
 
 
 def launcher_alive(pid: int, start_time: int, proc: str = PROC) -> bool:
-    """Whether the process ``pid`` that started at ``start_time`` (clock ticks) still runs."""
-    try:
-        return _procfs.start_time(pid, proc) == start_time
-    except _procfs.ProcessGone:
-        return False
-    except (OSError, ValueError, IndexError):
-        return True  # cannot tell: leave the group alone
+    """Whether the launcher ``pid`` that started at ``start_time`` (clock ticks) still runs.
+
+    A zombie or exiting launcher does not: it will never clean its group. Where /proc
+    cannot tell, it does: the group is left alone.
+    """
+    return _procfs.same_process(pid, start_time, proc, unreadable=True)
 
 
 class Orphan:
