@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-import coordinator_fixtures
-from coordinator_fixtures import Procs, wait_until
+from coordinator_fixtures import Procs
+from helpers import wait_until
 from pmrun import _keeper, _procfs, _signals, cgroups
 from pmrun.backends.sampling import SamplingBackend
 from pmrun.coordinator.orphans import kill_orphans
 
-procs = coordinator_fixtures.procs  # the fixture that owns every process a test starts
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 FREEZER = Path("/sys/fs/cgroup/freezer")
 
