@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from helpers import agent_info, pid_alive, wait_until
+from helpers import TIME_SCALE, agent_info, pid_alive, wait_until
 
 PYTHON = sys.executable
 PMRUN = str(Path(PYTHON).parent / "pmrun")
@@ -249,8 +249,8 @@ class PmrunAgent:
             sink.append(line.rstrip("\n"))
 
     def finish(self, timeout: float = 30) -> dict[str, Any]:
-        """Wait for the launcher to exit; its report."""
-        self.proc.wait(timeout)
+        """Wait for the launcher to exit (``timeout`` stretched like every deadline); its report."""
+        self.proc.wait(timeout * TIME_SCALE)
         wait_until(lambda: self.report.exists(), 5, f"{self.name}'s report")
         return json.loads(self.report.read_text())
 

@@ -23,7 +23,7 @@ from coordinator_fixtures import (
     Procs,
     stop_every_coordinator,
 )
-from helpers import wait_until
+from helpers import TIME_SCALE, wait_until
 from pmrun import cgroups
 from pmrun.cgroups._parse import parse_proc_cgroup
 from pmrun.errors import PmrunError
@@ -33,7 +33,8 @@ MIB = 1 << 20
 pytestmark = pytest.mark.skipif(not os.path.exists(PMRUN), reason="pmrun is not installed")
 
 # Allocates MB in 10 MiB chunks (chunk i filled with i % 251), STEP_S apart; prints GOT
-# after each; then checks every byte, waits for HOLD (a path, or "-") and exits 0 if the
+# after each (with BARRIER_MB and BARRIER, waits at that size for that path to exist);
+# then checks every byte, waits for HOLD (a path, or "-") and exits 0 if the
 # data is intact. A runaway variant (RUNAWAY=1) ignores SIGTERM for a while, so that it
 # is seen over its own limit.
 AGENT = r"""
@@ -42,8 +43,11 @@ mb, step_s, hold = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 if os.environ.get("RUNAWAY") == "1":
     signal.signal(signal.SIGTERM, lambda *_: None)
 chunk_mb = int(os.environ.get("CHUNK_MB", "10"))
+barrier_mb, barrier = int(os.environ.get("BARRIER_MB", "0")), os.environ.get("BARRIER")
 chunks = []
 for i in range(mb // chunk_mb):
+    while barrier and i * chunk_mb >= barrier_mb and not os.path.exists(barrier):
+        time.sleep(0.02)
     chunks.append(bytearray([i % 251]) * (chunk_mb << 20))
     print("GOT", (i + 1) * chunk_mb, flush=True)
     time.sleep(step_s)
@@ -178,11 +182,11 @@ def test_a_runaway_over_its_own_limit_is_stopped_not_paused(procs, sockdir):
     # for its grace: the coordinator must see it over its own limit, then b takes the pool
     # over while r is still there.
     r = Agent(procs, d.socket, "r", 100, 0.0, "--max-rss", "100M", "--warn-rss", "30M",
-              "--grace", "10", hold=str(sockdir / "never"),
+              "--grace", str(10 * TIME_SCALE), hold=str(sockdir / "never"),
               env={"RUNAWAY": "1", "CHUNK_MB": "100"}, tmp=sockdir)  # fmt: skip
     wait_until(lambda: d.agents().get("r", {}).get("rss_bytes", 0) >= 100 * MIB, 30, "r over")
     b = Agent(procs, d.socket, "b", 200, 0.25, hold=str(hold), tmp=sockdir)
-    rr = r.finish()
+    rr = r.finish(30 + 10 * TIME_SCALE)
     assert rr["reason"] == "max-rss" and rr["exit_status"] == 137
     assert any(e["kind"] == "pressure" and e["pressure"] == "critical" for e in d.events())
     assert not events(d, "agent.pause", "r"), "a runaway is its launcher's to stop"
@@ -195,12 +199,18 @@ def test_a_runaway_over_its_own_limit_is_stopped_not_paused(procs, sockdir):
 def test_no_pause_agent_is_never_paused_the_other_one_is(procs, sockdir):
     d = daemon(procs, sockdir)
     hold = sockdir / "release-a"
-    # Both grow at once (within the coordinator's growth window, however slow the machine):
-    # b, the newest grower, would be paused but for --no-pause.
-    a = Agent(procs, d.socket, "a", 150, 0.05, hold=str(hold), tmp=sockdir)
+    # Both wait under the pool (80 + 100 MiB), then grow at once, so that both are growing
+    # when the pool is crossed however slow the machine: b, the newest grower, would be
+    # paused but for --no-pause.
+    go = sockdir / "go"
+    a = Agent(procs, d.socket, "a", 150, 0.05, hold=str(hold), tmp=sockdir,
+              env={"BARRIER_MB": "80", "BARRIER": str(go)})  # fmt: skip
     wait_until(lambda: "a" in d.agents(), 20, "a registered")
     hb = sockdir / "release-b"
-    b = Agent(procs, d.socket, "b", 200, 0.05, "--no-pause", hold=str(hb), tmp=sockdir)
+    b = Agent(procs, d.socket, "b", 200, 0.05, "--no-pause", hold=str(hb), tmp=sockdir,
+              env={"BARRIER_MB": "100", "BARRIER": str(go)})  # fmt: skip
+    wait_until(lambda: a.got() >= 80 and b.got() >= 100, 20, "both at their barrier")
+    go.touch()
     wait_until(lambda: events(d, "agent.pause"), 20, "someone paused")
     assert [e["name"] for e in events(d, "agent.pause")] == ["a"]
     assert d.agents()["b"]["pausable"] is False
