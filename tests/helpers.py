@@ -76,7 +76,7 @@ def agent_info(name: str = "agent", **fields: Any) -> dict[str, Any]:
     agent called ``name`` whose launcher and child are this process; ``fields`` override."""
     info: dict[str, Any] = {
         "agent_id": f"id-{name}", "name": name, "launcher_pid": os.getpid(),
-        "child_pid": os.getpid(), "uid": os.geteuid(), "argv": [name], "max_rss": 1 << 30,
+        "child_pid": os.getpid(), "argv": [name], "max_rss": 1 << 30,
         "warn_rss": 1 << 29, "priority": 0, "backend": {"name": "sampling", "reason": "test"},
         "started": time.time(),
     }  # fmt: skip

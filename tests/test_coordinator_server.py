@@ -172,7 +172,7 @@ def _as_nobody(path: str, frame: bytes) -> str:
 
 def test_another_uid_is_refused(daemon, sockdir):
     register = p.encode(p.Register(agent_id="x", name="evil", launcher_pid=1, child_pid=1,
-                                   uid=NOBODY, argv=[], started=0.0))  # fmt: skip
+                                   argv=[], started=0.0))  # fmt: skip
     # The directory (0700) keeps other users out in the first place.
     assert _as_nobody(daemon.socket, register) == "CONNECT 13"
     # With the directory and socket opened up (test only), SO_PEERCRED still refuses it.

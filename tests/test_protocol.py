@@ -19,7 +19,6 @@ EXAMPLES: list[p.Message] = [
         name="claude",
         launcher_pid=10,
         child_pid=11,
-        uid=1000,
         argv=["claude", "-p", "hi"],
         max_rss=1 << 30,
         warn_rss=500 << 20,
@@ -276,7 +275,7 @@ def test_shown_argv_always_fits_and_keeps_what_fits_whole(argv):
 
 def test_a_register_cuts_argv_and_name_instead_of_refusing_them():
     msg = p.Register(
-        agent_id="a.1", name="n" * 500, launcher_pid=1, child_pid=2, uid=0,
+        agent_id="a.1", name="n" * 500, launcher_pid=1, child_pid=2,
         argv=["x" * 100_000, "y"], started=0.0,
     )  # fmt: skip
     assert len(msg.name) == p.MAX_AGENT_NAME

@@ -106,7 +106,7 @@ def nobody_sends(path: str, msg: p.Message | bytes) -> tuple[str, list[dict]]:
     return out, []
 
 
-REGISTER = p.Register(agent_id="evil.1", name="evil", launcher_pid=1, child_pid=1, uid=NOBODY,
+REGISTER = p.Register(agent_id="evil.1", name="evil", launcher_pid=1, child_pid=1,
                       argv=["evil"], started=0.0)  # fmt: skip
 REQUESTS: dict[str, p.Message] = {
     "ping": p.Ping(id=1),
@@ -328,7 +328,7 @@ def test_a_client_cannot_make_the_coordinator_signal_what_is_not_its_agents_tree
     ]
     # It claims to be nobody, with the test's own process as launcher and child.
     frame = p.encode(p.Register(agent_id="evil.1", name="evil", launcher_pid=os.getpid(),
-                                child_pid=older.pid, uid=NOBODY, argv=["evil"], started=0.0,
+                                child_pid=older.pid, argv=["evil"], started=0.0,
                                 pids=pids))  # fmt: skip
     attacker.stdin.write(frame.decode())
     attacker.stdin.flush()
@@ -372,7 +372,7 @@ def test_a_dead_launcher_s_reported_tree_is_killed_only_where_it_provably_is_its
         [os.getpid(), _procfs.start_time(os.getpid())],
     ]
     frame = p.encode(p.Register(agent_id="evil.2", name="evil", launcher_pid=1, child_pid=1,
-                                uid=NOBODY, argv=["evil"], started=0.0, pids=pids))  # fmt: skip
+                                argv=["evil"], started=0.0, pids=pids))  # fmt: skip
     attacker.stdin.write(frame.decode())
     attacker.stdin.flush()
     assert '"of":"register"' in attacker.stdout.readline()

@@ -95,6 +95,15 @@ class _Call:
         self.error: BaseException | None = None
         self.seconds = 0.0
 
+    def run(self) -> None:
+        """Call it, timed; a handler's failure is its answer, not ours."""
+        t0 = time.monotonic()
+        try:
+            self.value = self.func()
+        except BaseException as e:
+            self.error = e
+        self.seconds = time.monotonic() - t0
+
 
 class _Worker:
     """A thread that runs one registration's calls, one at a time.
@@ -128,12 +137,7 @@ class _Worker:
 
     def _run(self) -> None:
         while (call := self._queue.get()) is not None:
-            t0 = time.monotonic()
-            try:
-                call.value = call.func()
-            except BaseException as e:  # a handler's failure is its answer, not ours
-                call.error = e
-            call.seconds = time.monotonic() - t0
+            call.run()
             with self._lock:
                 self.busy = False
             call.done.set()
@@ -521,12 +525,7 @@ class _Connection:
         reg._running = True
         with self._lock:
             self._inline_since = time.monotonic()
-        t0 = time.monotonic()
-        try:
-            call.value = call.func()
-        except BaseException as e:  # a handler's failure is its answer, not ours
-            call.error = e
-        call.seconds = time.monotonic() - t0
+        call.run()
         reg._running = False
         with self._lock:
             self._inline_since = None

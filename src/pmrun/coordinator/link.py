@@ -152,7 +152,7 @@ def _deregister_frame(report: dict[str, Any]) -> bytes:
 class AgentLink:
     """Keeps one agent registered with the coordinator, from a daemon thread.
 
-    ``info``: ``agent_id``, ``name``, ``launcher_pid``, ``child_pid``, ``uid``, ``argv``,
+    ``info``: ``agent_id``, ``name``, ``launcher_pid``, ``child_pid``, ``argv``,
     ``max_rss``, ``warn_rss``, ``priority``, ``backend`` (dict), ``started`` (unix time).
     ``on_stop(reason, detail)`` runs in the link thread when the coordinator orders the
     agent stopped (reason ``pool`` or ``system-pressure``); it should only tell the
@@ -422,7 +422,6 @@ class AgentLink:
                     name=str(i.get("name", "")),
                     launcher_pid=int(i.get("launcher_pid", os.getpid())),
                     child_pid=int(i.get("child_pid", 0)),
-                    uid=int(i.get("uid", os.geteuid())),
                     argv=[str(a) for a in i.get("argv", [])],
                     max_rss=i.get("max_rss"),
                     warn_rss=i.get("warn_rss"),

@@ -266,8 +266,7 @@ class Register(Message):
     agent_id: str  # unique per agent; the child sees it as PMRUN_AGENT_ID
     name: str
     launcher_pid: int
-    child_pid: int
-    uid: int
+    child_pid: int  # (its uid is the connection's, SO_PEERCRED: never one it claims)
     argv: list[str]
     max_rss: int | None = None  # bytes; None = no per-agent limit
     warn_rss: int | None = None
@@ -289,7 +288,7 @@ class Register(Message):
         # What is only shown is cut, never refused: a register must not fail for its size.
         object.__setattr__(self, "name", self.name[:MAX_AGENT_NAME])
         object.__setattr__(self, "argv", shown_argv(self.argv))
-        _nonneg(self, "launcher_pid", "child_pid", "uid", "max_rss", "warn_rss", "rss", "peak")
+        _nonneg(self, "launcher_pid", "child_pid", "max_rss", "warn_rss", "rss", "peak")
 
 
 class Report(Message):
