@@ -7,9 +7,6 @@ import os
 
 from .. import _procfs, _signals
 
-# Whether a launcher (pid, start time) still runs: not a zombie, not exiting, same start.
-alive = _procfs.same_process
-
 
 def start_time(pid: int, proc: str) -> int | None:
     try:

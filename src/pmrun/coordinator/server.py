@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .. import _procfs
 from ..events import EventLog
 from . import handlers, lifecycle, orphans, policy
 from . import protocol as p
@@ -133,12 +134,12 @@ class Coordinator:
         launcher that still looks alive is looked at again for a moment.
         """
         proc = self.settings.proc
-        alive = orphans.alive(pid, start, proc)
+        alive = _procfs.same_process(pid, start, proc)
         for delay in (0.02, 0.05, 0.1, 0.2):
             if not alive:
                 break
             await asyncio.sleep(delay)
-            alive = orphans.alive(pid, start, proc)
+            alive = _procfs.same_process(pid, start, proc)
         killed: list[int] = []
         # A peer outside our pid namespace shows as pid 0 (or without a readable start
         # time): its pids are not ours to interpret, so nothing is killed for it.
