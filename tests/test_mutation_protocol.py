@@ -7,8 +7,6 @@ Pure: these run once per mutant of ``pmrun.coordinator.protocol``.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from pmrun.coordinator import protocol as p
@@ -29,8 +27,8 @@ DEEP = '{"type":"event","version":1,"kind":"x","fields":{"a":%s}}'
         ("{" + R + ',"rss":1.5,"peak":1}', "report.rss: expected an integer, got float"),
         ("{" + R + ',"rss":true,"peak":1}', "report.rss: expected an integer, got a boolean"),
         ("{" + R + ',"rss":"1","peak":1}', "report.rss: expected an integer, got str"),
-        ("{" + R + ',"rss":%d,"peak":1}' % (1 << 63), "report.rss: integer out of range"),
-        ("{" + R + ',"rss":%d,"peak":1}' % (-(1 << 63) - 1), "report.rss: integer out of range"),
+        ("{" + R + f',"rss":{1 << 63},"peak":1' + "}", "report.rss: integer out of range"),
+        ("{" + R + f',"rss":{-(1 << 63) - 1},"peak":1' + "}", "report.rss: integer out of range"),
         ("{" + R + ',"rss":-1,"peak":1}', "report.rss: must be zero or more"),
         ("{" + R + ',"rss":1,"peak":-1}', "report.peak: must be zero or more"),
         ("{" + R + ',"rss":1,"peak":1,"state":5}', "report.state: expected a string, got int"),
@@ -113,7 +111,7 @@ def test_refusals_with_their_own_code(frame: str, message: str, code: str) -> No
 @pytest.mark.parametrize(
     ("frame", "field", "value"),
     [
-        ("{" + R + ',"rss":%d,"peak":0}' % ((1 << 63) - 1), "rss", (1 << 63) - 1),
+        ("{" + R + f',"rss":{(1 << 63) - 1},"peak":0' + "}", "rss", (1 << 63) - 1),
         ("{" + R + ',"rss":2.0,"peak":0}', "rss", 2),
         ("{" + R + ',"rss":0,"peak":0,"pids":[[1,0]]}', "pids", [[1, 0]]),
         ('{"type":"pong","version":1,"pid":1,"uptime_s":3}', "uptime_s", 3.0),
