@@ -140,6 +140,7 @@ E = {"ts": 10.0, "level": "warning", "kind": "evict.request", "agent": "a.1", "n
         (E, {"kinds": {"ev"}}, False),  # a prefix is a whole word
         ({**E, "kind": "evict.request.sub"}, {"kinds": {"evict.request"}}, False),
         ({k: v for k, v in E.items() if k != "kind"}, {"kinds": {"evict"}}, False),
+        ({k: v for k, v in E.items() if k != "kind"}, {"kinds": {"None"}}, False),
         (E, {"agent": "a.1"}, True),
         (E, {"agent": "big"}, True),
         (E, {"agent": "a.2"}, False),
@@ -205,3 +206,19 @@ def test_read_new_resumes_exactly_after_the_last_whole_line(tmp_path: Path) -> N
 )  # fmt: skip
 def test_launcher_event_levels(kind: str, level: str) -> None:
     assert events.launcher_event_level(kind) == level
+
+
+def test_a_line_that_is_not_utf8_is_skipped_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b'{"ts":1,"kind":"a"}\n{"ts":2,"kind":"\xe2\x82"}\n{"ts":3,"kind":"c"}\n')
+    assert [e["kind"] for e in read_events(str(path))] == ["a", "c"]
+    events_, offset = read_new(str(path))
+    assert [e["kind"] for e in events_] == ["a", "c"] and offset == path.stat().st_size
+
+
+def test_read_new_takes_every_whole_line_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    whole = b'{"ts":1,"kind":"a"}\n{"ts":2,"kind":"b"}\n'
+    path.write_bytes(whole + b'{"ts":3')
+    got, offset = read_new(str(path))
+    assert ([e["kind"] for e in got], offset) == (["a", "b"], len(whole))
