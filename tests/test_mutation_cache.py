@@ -100,3 +100,143 @@ def test_the_fork_hook_gives_each_cache_fresh_locks_and_no_registration(
     assert cache.attached and len(fake_client.registered) == 2
     for lock in old:
         lock.release()
+
+
+# -- the framework's reporting and life cycle (claude-multiagent-pm 1.4.7, field for field) ----
+
+MIB = 1 << 20
+
+
+def filled(*sizes: int, **kw: object) -> SharedPromptCache:
+    """A cache of 1000 bytes holding one entry of each size (99 bytes is an empty value)."""
+    cache = small(**kw)
+    for i, size in enumerate(sizes):
+        cache.set(chr(ord("a") + i), "v" * (size - 99))
+    assert cache.cached_bytes == sum(sizes)
+    return cache
+
+
+def test_metrics_before_any_lookup() -> None:
+    m = small().get_metrics()
+    assert (m["hit_rate"], m["miss_rate"], m["size_bytes"], m["size_mb"]) == (0.0, 1.0, 0, 0.0)
+
+
+@pytest.mark.parametrize(("sizes", "pressure"), [((400, 400), False), ((400, 401), True)])
+def test_memory_pressure_is_strictly_over_80_percent(
+    sizes: tuple[int, ...], pressure: bool
+) -> None:
+    m = filled(*sizes).get_metrics()
+    assert m["size_mb"] == sum(sizes) / MIB
+    assert m["memory_usage_percent"] == pytest.approx(sum(sizes) / 10)
+    assert m["memory_pressure"] is pressure
+
+
+def test_cache_info_ttls_and_sizes() -> None:
+    cache = small()
+    cache.set("a", "v", ttl=1.23456789)
+    cache.set("b", "v", ttl=float("inf"))
+    info = cache.get_cache_info()
+    assert [e["ttl"] for e in info["entries"]] == [1.234568, None]
+    assert info["total_size_mb"] == cache.cached_bytes / MIB
+
+
+def test_memory_pressure_reports_what_it_freed() -> None:
+    import asyncio
+
+    cache = filled(400, 400, 200)
+    out = asyncio.run(cache.handle_memory_pressure("critical"))  # three quarters by bytes
+    assert (out["entries_before"], out["entries_removed"], out["entries_after"]) == (3, 2, 1)
+    assert out["memory_before_mb"] == 1000 / MIB
+    assert out["memory_after_mb"] == 200 / MIB
+    assert out["memory_freed_mb"] == 800 / MIB
+    assert cache.stats()["evictions"]["pressure"] == 2
+
+
+@pytest.mark.parametrize(
+    ("sizes", "running", "status", "message", "failed"),
+    [
+        ((), False, "unhealthy", "Service is not running", []),
+        ((400, 400), True, "healthy", "All health checks passed", []),
+        ((500, 500), True, "degraded", "Some health checks failed", ["memory_usage_ok"]),
+    ],
+)
+def test_health(sizes: tuple[int, ...], running: bool, status: str, message: str,
+                failed: list[str]) -> None:  # fmt: skip
+    import asyncio
+
+    cache = filled(*sizes)
+    cache._running = running
+    h = asyncio.run(cache.health_check())
+    assert (h.status, h.message) == (status, message)
+    assert [k for k, ok in h.checks.items() if not ok] == failed + ([] if running else ["running"])
+
+
+def test_a_cache_of_exactly_max_entries_is_healthy() -> None:
+    import asyncio
+
+    cache = filled(100, 100, 100, 100, 100)
+    cache._running = True
+    assert asyncio.run(cache.health_check()).checks["cache_size_ok"] is True
+
+
+def test_reset_instance_stops_the_old_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    monkeypatch.delenv("PMRUN_SOCKET", raising=False)
+    monkeypatch.setattr(SharedPromptCache, "_instance", None)
+    old = SharedPromptCache.get_instance({"max_size": 5})
+    asyncio.run(old.start())
+    assert old.running
+    SharedPromptCache.reset_instance()
+    assert old.running is False and SharedPromptCache._instance is None
+
+
+def test_start_attaches_under_pmrun_once(
+    fake_client: FakeClient,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    cache = small()
+    asyncio.run(cache.start())
+    assert not cache.attached  # not under pmrun
+    monkeypatch.setenv("PMRUN_SOCKET", "/tmp/c.sock")
+    asyncio.run(cache.start())
+    asyncio.run(cache.start())
+    assert cache.attached and len(fake_client.registered) == 1
+
+
+def test_a_failing_start_or_close_is_logged_and_never_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import sys
+    import types
+
+    class Handle:
+        def close(self) -> None:
+            raise OSError("socket gone")
+
+    calls: list[str] = []
+
+    def register_cleanup(name: str, *_: object, **__: object) -> Handle:
+        calls.append(name)
+        if len(calls) == 1:
+            raise ConnectionError("no coordinator here")
+        return Handle()
+
+    module = types.ModuleType("pmrun.client")
+    module.register_cleanup = register_cleanup  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pmrun.client", module)
+    monkeypatch.setenv("PMRUN_SOCKET", "/tmp/c.sock")
+    cache = small(auto_attach=False)
+    with caplog.at_level(logging.DEBUG, logger="pmrun.cache"):
+        asyncio.run(cache.start())
+        assert cache.running and not cache.attached
+        asyncio.run(cache.start())
+        assert cache.attached
+        cache.detach()
+    said = [r.getMessage() for r in caplog.records if r.name == "pmrun.cache"]
+    assert len(said) == 2
+    assert said[0].startswith("n: ") and said[0].endswith("no coordinator here")
+    assert said[1].endswith("socket gone")
