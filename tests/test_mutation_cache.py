@@ -240,3 +240,17 @@ def test_a_failing_start_or_close_is_logged_and_never_raised(
     assert len(said) == 2
     assert said[0].startswith("n: ") and said[0].endswith("no coordinator here")
     assert said[1].endswith("socket gone")
+
+
+def test_a_dropped_cache_answers_the_coordinator_with_nothing(
+    fake_client: FakeClient,  # noqa: F811
+) -> None:
+    import gc
+
+    cache = small()
+    cache.attach()
+    registration = fake_client.registered[0]
+    del cache
+    gc.collect()
+    assert registration["stats"]() == {}
+    assert registration["fn"](None) == {"bytes": 0, "rss_drop": 0}
