@@ -254,3 +254,182 @@ def test_a_dropped_cache_answers_the_coordinator_with_nothing(
     gc.collect()
     assert registration["stats"]() == {}
     assert registration["fn"](None) == {"bytes": 0, "rss_drop": 0}
+
+
+# -- the books: stats, deletes, clears, expiry -------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stats_as_the_coordinator_reads_them() -> None:
+    clock = Clock()
+    cache = small(timer=clock)
+    cache.set("k", "v" * 10)
+    cache.set(("t", 1), "v", ttl=float("inf"))
+    clock.now = 0.12345
+    assert cache.stats() == {
+        "name": "n", "entries": 2, "bytes": 293, "max_bytes": 1000, "max_entries": 5,
+        "ttl_s": 60.0, "hits": 0, "misses": 0, "hit_ratio": 0.0,
+        "evictions": dict.fromkeys(pmcache.CAUSES, 0),
+        "evicted_bytes": dict.fromkeys(pmcache.CAUSES, 0),
+        "biggest": [
+            {"key": "('t', 1)", "bytes": 184, "expires_in_s": None},
+            {"key": "k", "bytes": 109, "expires_in_s": 59.877},
+        ],
+        "attached": False, "last_pressure_eviction": None,
+    }  # fmt: skip
+    assert small(ttl=float("inf")).stats()["ttl_s"] is None
+
+
+@pytest.mark.parametrize(("length", "shown"), [(80, "k" * 80), (81, "k" * 77 + "...")])
+def test_a_long_key_is_shown_cut_to_80_characters(length: int, shown: str) -> None:
+    cache = small(max_bytes=10_000)
+    cache.set("k" * length, "v")
+    assert cache.stats()["biggest"][0]["key"] == shown
+
+
+def test_a_delete_at_the_moment_of_expiry_finds_nothing_live() -> None:
+    clock = Clock()
+    cache = small(timer=clock, ttl=10)
+    cache.set("a", "v")
+    cache.set("b", "v")
+    cache.set("c", "v")
+    assert cache.delete("a") and cache.delete("b")
+    clock.now = 10.0
+    assert cache.delete("c") is False
+    assert cache.stats()["evictions"] == {"capacity": 0, "ttl": 1, "pressure": 0, "manual": 2}
+    assert cache.get_metrics()["deletes"] == 2
+
+
+def test_clears_add_up_as_invalidations() -> None:
+    cache = small()
+    cache.set("a", "v")
+    cache.set("b", "v")
+    cache.clear()
+    cache.set("c", "v")
+    cache.clear()
+    assert cache.get_metrics()["invalidations"] == 3
+
+
+def test_a_hit_sweeps_what_expired_at_that_very_moment() -> None:
+    clock = Clock()
+    cache = small(timer=clock)
+    cache.set("long", "v", ttl=10)
+    cache.set("short", "v" * 50, ttl=5)
+    clock.now = 5.0
+    assert cache.get("long") == "v"
+    # "short" is gone with the hit, not at the next sweep
+    assert cache.cached_bytes == pmcache.sizeof("long") + pmcache.sizeof("v")
+
+
+def test_making_room_counts_every_entry_it_evicts() -> None:
+    cache = filled(300, 300, 300)
+    cache.set("big", "v" * (700 - 99))
+    assert cache.stats()["evictions"]["capacity"] == 3
+
+
+def test_entries_still_expire_on_time_after_the_heap_is_rebuilt() -> None:
+    clock = Clock()
+    cache = small(timer=clock, ttl=10)
+    for _ in range(200):  # overwrites leave stale heap items until it is rebuilt
+        cache.set("a", "v")
+    cache.set("b", "v", ttl=20)
+    assert len(cache._expiry) < 100
+    clock.now = 9.9
+    assert len(cache) == 2
+    clock.now = 10.0
+    assert len(cache) == 1 and cache.get("b") == "v"
+
+
+# -- pressure eviction -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", [(300,), (300, 300)])
+def test_an_eviction_that_drops_anything_trims_and_measures(sizes: tuple[int, ...]) -> None:
+    if not pmcache._malloc.trim():
+        pytest.skip("no malloc_trim here")
+    freed = filled(*sizes).evict_fraction(1.0)
+    assert freed.entries == len(sizes) and freed.trimmed
+    assert freed.rss_before is not None and freed.rss_after is not None
+    assert not filled().evict_fraction(1.0).trimmed  # nothing dropped: nothing to trim
+
+
+def test_a_bad_cause_is_named() -> None:
+    with pytest.raises(UsageError) as e:
+        small().evict_fraction(0.5, cause="boredom")
+    assert str(e.value) == "cause must be 'pressure' or 'manual', not 'boredom'"
+
+
+def test_invalidate_takes_exactly_one_rule_and_logs_a_failing_callback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = small()
+    with pytest.raises(UsageError) as e:
+        cache.invalidate()
+    assert str(e.value) == "invalidate() takes a pattern or prefix=, exactly one of them"
+
+    def broken(pattern: str) -> None:
+        raise RuntimeError("listener broke")
+
+    cache.register_invalidation_callback("*", broken)
+    with caplog.at_level(logging.ERROR, logger="pmrun.cache"):
+        assert cache.invalidate("a*") == 0
+    (record,) = [r for r in caplog.records if r.name == "pmrun.cache"]
+    said = record.getMessage()
+    assert said.startswith("n: ") and repr(broken) in said and said.endswith("listener broke")
+
+
+# -- how entries are sized ---------------------------------------------------------------------
+
+
+def test_nesting_is_followed_exactly_eight_levels_down() -> None:
+    import sys
+
+    chain: list = []
+    for _ in range(12):
+        chain = [chain]
+    assert pmcache.sizeof(chain) == 9 * sys.getsizeof([None])
+
+
+def test_an_object_is_its_own_size_plus_its_attributes() -> None:
+    import sys
+
+    class Plain:
+        pass
+
+    o = Plain()
+    o.text = "t" * 500  # type: ignore[attr-defined]
+    assert pmcache.sizeof(o) == sys.getsizeof(o) + pmcache.sizeof(o.__dict__)
+
+
+def test_slots_are_followed_whatever_their_form() -> None:
+    import sys
+
+    class One:
+        __slots__ = "data"
+
+    class Some:
+        __slots__ = ("a", "b", "__weakref__")
+
+    one = One()
+    one.data = "d" * 1000
+    assert pmcache.sizeof(one) == sys.getsizeof(one) + sys.getsizeof(one.data)
+    some = Some()
+    some.a = "a" * 100  # b is left unset; the weakref slot is not the object's content
+    assert pmcache.sizeof(some) == sys.getsizeof(some) + sys.getsizeof(some.a)
+
+
+def test_an_object_that_cannot_say_its_size_counts_64_bytes() -> None:
+    class Opaque:
+        __slots__ = ()
+
+        def __sizeof__(self) -> int:
+            raise TypeError("unknown")
+
+    assert pmcache.sizeof(Opaque()) == 64
