@@ -433,3 +433,70 @@ def test_an_object_that_cannot_say_its_size_counts_64_bytes() -> None:
             raise TypeError("unknown")
 
     assert pmcache.sizeof(Opaque()) == 64
+
+
+# -- storing -----------------------------------------------------------------------------------
+
+
+def test_a_ttl_that_is_not_a_number_is_named() -> None:
+    with pytest.raises(UsageError) as e:
+        small().set("k", "v", ttl="soon")  # type: ignore[arg-type]
+    assert str(e.value) == "ttl must be a number of seconds above 0 (or inf), not 'soon'"
+
+
+def test_a_framework_config_without_limits_keeps_the_ones_given() -> None:
+    cache = SharedPromptCache(max_bytes=1000, max_entries=5, pressure_fraction=0.5,
+                              auto_attach=False, config={"default_ttl": 5})  # fmt: skip
+    assert (cache.max_bytes, cache.max_entries, cache.ttl) == (1000, 5, 5)
+
+
+def test_an_oversized_replacement_drops_the_old_value_as_one_capacity_eviction(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = small(refuse_too_large=True)
+    cache.set("k", "v")
+    with caplog.at_level(logging.WARNING, logger="pmrun.cache"):
+        assert cache.set("k", "x" * 2000) is False
+    assert "k" not in cache and cache.cached_bytes == 0
+    assert cache.stats()["evictions"]["capacity"] == 1
+    (record,) = [r for r in caplog.records if r.name == "pmrun.cache"]
+    assert record.getMessage() == str(CacheValueTooLarge("k", 2099, 1000))
+
+
+def test_an_entry_that_exactly_fills_the_budget_evicts_nobody() -> None:
+    cache = filled(500)
+    cache.set("z", "v" * (500 - 99))
+    assert cache.cached_bytes == 1000 and len(cache) == 2
+
+
+def test_evicted_bytes_add_up() -> None:
+    cache = filled(300, 200)
+    cache.delete("a")
+    cache.delete("b")
+    assert cache.stats()["evicted_bytes"]["manual"] == 500
+
+
+@pytest.mark.parametrize("live", [1, 2, 5])
+def test_the_expiry_heap_never_holds_more_than_twice_the_entries_and_64(live: int) -> None:
+    cache = small(max_entries=10)
+    keys = [f"k{i}" for i in range(live)]
+    for _ in range(100):
+        for k in keys:
+            cache.set(k, "v")
+            assert len(cache._expiry) <= 2 * live + 64
+    cache.delete(keys[0])
+    cache.expire()
+    assert len(cache._expiry) <= 2 * (live - 1) + 64
+
+
+def test_an_eviction_reports_its_own_durations() -> None:
+    import time
+
+    started = time.perf_counter()
+    freed = filled(300).evict_fraction(1.0, trim=False)
+    took = time.perf_counter() - started
+    assert not freed.trimmed and freed.trim_s == 0.0
+    assert 0.0 <= freed.evict_s <= took
+    assert freed.rss_before is not None and freed.rss_after is not None
+    freed = filled(300).evict_fraction(1.0)
+    assert 0.0 <= freed.trim_s <= time.perf_counter() - started
