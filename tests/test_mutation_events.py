@@ -60,8 +60,11 @@ def test_a_failing_log_says_so_once_and_again_once_it_recovers(
         os.rename(tmp_path / "dir", tmp_path / "gone")
         log.reopen_if_moved()  # its directory moved away: the next write fails again
         log.write("e")
-    levels = [r.levelno for r in caplog.records if r.name == "pmrun.events"]
-    assert levels == [logging.ERROR, logging.WARNING, logging.ERROR]
+    records = [r for r in caplog.records if r.name == "pmrun.events"]
+    assert [r.levelno for r in records] == [logging.ERROR, logging.WARNING, logging.ERROR]
+    said = [r.getMessage() for r in records]
+    assert all(str(path) in x for x in said)  # each names the log
+    assert "No such file or directory" in said[0]  # and why it cannot be written
     assert (log.written, log.failed) == (2, 3)
     assert [e["kind"] for e in lines(tmp_path / "gone" / "e.jsonl")] == ["c", "d"]
 
@@ -87,22 +90,26 @@ def test_a_deleted_log_is_written_anew_and_a_kept_one_stays_open(tmp_path: Path)
     log.close()  # twice is harmless
 
 
+@pytest.mark.parametrize("cut", [1, 7])
 def test_a_torn_write_is_ended_by_the_next_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cut: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A disk that fills in the middle of a line: the rest never comes, the next event must
     # still be a line of its own.
     path = tmp_path / "e.jsonl"
     log = EventLog(str(path), clock=lambda: 1.0)
     real_write = os.write
-    monkeypatch.setattr(events.os, "write", lambda fd, data: real_write(fd, data[:7]))
-    log.write("torn")
+    monkeypatch.setattr(events.os, "write", lambda fd, data: real_write(fd, data[:cut]))
+    with caplog.at_level(logging.ERROR, logger="pmrun.events"):
+        log.write("torn")
     assert log.failed == 1
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "pmrun.events"]
+    assert str(path) in said and "[Errno 28] short write (disk full?)" in said
     monkeypatch.setattr(events.os, "write", real_write)
     log.write("next")
     log.write("after")
     text = path.read_text()
-    assert text.startswith('{"ts":1\n{')
+    assert text.startswith('{"ts":1'[:cut] + "\n{")
     assert [e["kind"] for e in events.parse_lines(text.splitlines())] == ["next", "after"]
     assert text.count("\n") == 3  # the torn line ended once, not before every later line
 
@@ -222,3 +229,19 @@ def test_read_new_takes_every_whole_line_at_once(tmp_path: Path) -> None:
     path.write_bytes(whole + b'{"ts":3')
     got, offset = read_new(str(path))
     assert ([e["kind"] for e in got], offset) == (["a", "b"], len(whole))
+
+
+def test_a_device_may_be_the_log_and_a_refusal_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = EventLog("/dev/null")  # ours to write, as a FIFO or a terminal would be
+    log.write("x")
+    assert (log.written, log.failed) == (1, 0)
+    target = tmp_path / "target"
+    target.write_text("")
+    (tmp_path / "link").symlink_to(target)
+    with caplog.at_level(logging.ERROR, logger="pmrun.events"):
+        EventLog(str(tmp_path / "link")).write("x")
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "pmrun.events"]
+    assert said.startswith(f"cannot write the event log {tmp_path / 'link'}: [Errno 1] ")
+    assert "symlink" in said.lower() or "link" in said.split("[Errno 1] ", 1)[1]

@@ -243,6 +243,9 @@ def test_a_register_cuts_a_long_name_to_the_limit() -> None:
     ("argv", "budget", "shown"),
     [
         (["a" * 76], 80, ["a" * 76]),  # its JSON is exactly the budget: whole
+        (["a" * 36, "b" * 37], 80, ["a" * 36, "b" * 37]),  # compact JSON: 80 bytes
+        (["a" * 36, "b" * 38], 80, ["a" * 11, "...[1 more args, 63 more bytes]"]),
+        (["a" * 11, "b" * 100], 80, ["a" * 11, "...[1 more args, 100 more bytes]"]),  # fills the room
         (["a" * 77], 80, ["a" * 11, "...[0 more args, 66 more bytes]"]),
         (["a" * 10, "b" * 100], 80, ["a" * 10, "...[1 more args, 100 more bytes]"]),
         (["b" * 100], 80, ["b" * 11, "...[0 more args, 89 more bytes]"]),
