@@ -526,3 +526,45 @@ def test_the_framework_flags_are_kept() -> None:
     kept = SharedPromptCache(ttl=7, max_bytes=1000, max_entries=5, pressure_fraction=0.5,
                              auto_attach=False, config={"max_size": 3})  # fmt: skip
     assert (kept.ttl, kept.max_entries, kept.max_bytes) == (7, 3, 1000)
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "message"),
+    [
+        ({"max_bytes": 0}, UsageError, "max_bytes (cache.max-bytes) must be at least 1 byte"),
+        ({"max_bytes": "lots"}, pmcache.SizeError, "SharedPromptCache: invalid size 'lots': expected a number with a unit, e.g. 500M or 1.5G"),
+        ({"pressure_fraction": 2}, pmcache.SizeError, "SharedPromptCache: invalid fraction 2: must be between 0% and 100%"),
+        ({"max_entries": 0}, UsageError, "max_entries (cache.max-entries) must be a whole number, at least 1, not 0"),
+        ({"max_entries": True}, UsageError, "max_entries (cache.max-entries) must be a whole number, at least 1, not True"),
+        ({"max_entries": 2.0}, UsageError, "max_entries (cache.max-entries) must be a whole number, at least 1, not 2.0"),
+        ({"ttl": 0}, UsageError, "ttl (cache.ttl) must be a number of seconds above 0 (or inf), not 0"),
+    ],
+)  # fmt: skip
+def test_each_bad_limit_is_named_with_its_setting(
+    kw: dict, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as e:
+        small(**kw)
+    assert str(e.value) == message
+
+
+def test_the_smallest_limits_are_accepted() -> None:
+    cache = small(max_bytes=1, max_entries=1)
+    assert (cache.max_bytes, cache.max_entries) == (1, 1)
+
+
+def test_a_failed_auto_attach_is_logged_for_debugging(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    monkeypatch.setenv("PMRUN_SOCKET", "/tmp/nobody.sock")
+    monkeypatch.setitem(sys.modules, "pmrun.client", None)  # the import fails
+    with caplog.at_level(logging.DEBUG, logger="pmrun.cache"):
+        cache = small(auto_attach=True)
+    assert not cache.attached
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "pmrun.cache"]
+    assert said.startswith("n: ") and "pmrun.client" in said
