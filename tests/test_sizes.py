@@ -132,3 +132,8 @@ def test_bad_fractions_say_exactly_what_is_wrong(text, message) -> None:
 )  # fmt: skip
 def test_format_size_table(n, shown) -> None:
     assert format_size(n) == shown
+
+
+def test_digit_groups_stay_exact() -> None:
+    """Underscores group digits ("1_000"); a grouped whole number is as exact as one without."""
+    assert parse_size("1_152_921_504_606_846_975") == (1 << 60) - 1

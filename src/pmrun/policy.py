@@ -63,7 +63,7 @@ def next_interval_s(
             else (PARKED_GROWTH_BPS, PARKED_MAX_INTERVAL_S)
         )
         settled = assumed_growth_bps / 2 ** (3 * flat_s / FLAT_SETTLE_S)
-        relaxed = headroom / max(own, settled, floor, 1.0)
+        relaxed = headroom / max(own, settled, floor)  # floor > 0: never a division by 0
         worst = max(worst, min(relaxed, cap))
     return min(max(worst, min_s), max_s)
 
