@@ -15,7 +15,7 @@ from pmrun.errors import ProtocolError
 R = '"type":"report","version":1'
 REG = (
     '"type":"register","version":1,"agent_id":"a","name":"n","launcher_pid":1,"child_pid":2,'
-    '"uid":0,"argv":[],"started":0'
+    '"argv":[],"started":0'
 )
 EV = '"type":"evict","version":1,"id":1,"fraction":0.5,"level":"warning","reason":"pool"'
 DEEP = '{"type":"event","version":1,"kind":"x","fields":{"a":%s}}'
@@ -52,7 +52,6 @@ DEEP = '{"type":"event","version":1,"kind":"x","fields":{"a":%s}}'
         ("{" + REG.replace('"a"', '"' + "x" * 257 + '"', 1) + "}", "register.agent_id: 1 to 256 characters"),
         ("{" + REG.replace('"launcher_pid":1', '"launcher_pid":-1') + "}", "register.launcher_pid: must be zero or more"),
         ("{" + REG.replace('"child_pid":2', '"child_pid":-1') + "}", "register.child_pid: must be zero or more"),
-        ("{" + REG.replace('"uid":0', '"uid":-1') + "}", "register.uid: must be zero or more"),
         ("{" + REG + ',"max_rss":-1}', "register.max_rss: must be zero or more"),
         ("{" + REG + ',"warn_rss":-1}', "register.warn_rss: must be zero or more"),
         ("{" + REG + ',"rss":-1}', "register.rss: must be zero or more"),
@@ -231,7 +230,7 @@ def test_each_message_gets_its_own_default_containers() -> None:
 
 
 def test_a_register_cuts_a_long_name_to_the_limit() -> None:
-    base = {"agent_id": "a", "launcher_pid": 1, "child_pid": 2, "uid": 0, "argv": [], "started": 0}
+    base = {"agent_id": "a", "launcher_pid": 1, "child_pid": 2, "argv": [], "started": 0}
     assert p.Register(name="n" * 200, **base).name == "n" * 200
     assert p.Register(name="n" * 201, **base).name == "n" * 200
 

@@ -281,3 +281,15 @@ def test_a_register_cuts_argv_and_name_instead_of_refusing_them():
     assert len(msg.name) == p.MAX_AGENT_NAME
     assert msg.argv[-1] == "...[1 more args, " + str(100_001 - len(msg.argv[0])) + " more bytes]"
     assert len(p.encode(msg)) < p.MAX_FRAME
+
+
+def test_a_register_claiming_a_uid_decodes_without_it() -> None:
+    """Launchers before the field was dropped still send ``uid``: they register as before,
+    and the claim goes nowhere (the coordinator takes the uid from SO_PEERCRED)."""
+    frame = (
+        b'{"type":"register","version":1,"agent_id":"a","name":"n","launcher_pid":1,'
+        b'"child_pid":2,"uid":0,"argv":[],"started":0}'
+    )
+    msg = p.decode(frame)
+    assert isinstance(msg, p.Register) and msg.agent_id == "a"
+    assert not hasattr(msg, "uid")
