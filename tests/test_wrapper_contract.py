@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
+import resource
 import select
 import signal
 import subprocess
@@ -653,3 +654,25 @@ def test_a_signal_sent_to_pmrun_after_a_terminal_one_is_still_forwarded() -> Non
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 5
     assert b"SIGINT,SIGINT" in out, out
+
+
+def test_a_signal_the_kernel_sends_pmrun_alone_is_not_the_command_s() -> None:
+    """SIGXCPU for pmrun's own CPU limit (kernel-sent, to pmrun only) is not forwarded: the
+    command did not use pmrun's CPU. The kernel raises the soft limit by a second each time
+    it sends one, which tells the test it was sent."""
+    p = _counter("SIGXCPU", "SIGUSR1")
+    try:
+        resource.prlimit(p.pid, resource.RLIMIT_CPU, (1, resource.RLIM_INFINITY))
+
+        def earned() -> bool:  # a forwarded signal costs pmrun CPU: flood until 1 s is spent
+            for _ in range(200):
+                p.send_signal(signal.SIGUSR1)
+            return resource.prlimit(p.pid, resource.RLIMIT_CPU)[0] >= 2
+
+        wait_until(earned, 120, "pmrun got SIGXCPU for its own CPU time", interval=0)
+        got = _finish(p)
+    finally:
+        p.kill()
+        p.wait()
+    assert "SIGUSR1" in got  # forwarding worked all along
+    assert "SIGXCPU" not in got
