@@ -325,7 +325,6 @@ time.sleep(60)
 
 def test_command_ignoring_sigterm_is_killed_after_grace(run_pmrun, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
-    t0 = time.monotonic()
     r = run_pmrun(
         *BASE,
         "--max-rss",
@@ -339,11 +338,9 @@ def test_command_ignoring_sigterm_is_killed_after_grace(run_pmrun, tmp_path: Pat
         "-c",
         IGNORE_TERM,
     )
-    elapsed = time.monotonic() - t0
     assert r.returncode == 137
     data = json.loads(report.read_text())
-    assert data["signal"] == signal.SIGKILL
-    assert elapsed < 20  # the grace ended it, not the child's 60 s sleep
+    assert data["signal"] == signal.SIGKILL  # the grace ended it: no SIGKILL ends a sleep
 
 
 def test_grace_zero_kills_at_once(run_pmrun, tmp_path: Path) -> None:
