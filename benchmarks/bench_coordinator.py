@@ -115,7 +115,7 @@ n, socket_path, changing = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "changi
 links = []
 for i in range(n):
     info = {"agent_id": f"bench-{i}", "name": f"agent{i}", "launcher_pid": os.getpid(),
-            "child_pid": os.getpid(), "uid": os.geteuid(), "argv": ["bench"], "max_rss": 1 << 30,
+            "child_pid": os.getpid(), "argv": ["bench"], "max_rss": 1 << 30,
             "warn_rss": 1 << 29, "priority": 0, "backend": {}, "started": time.time()}
     link = AgentLink(socket_path, info, lambda r, d: None)
     link.report(100 << 20, 100 << 20, [])
@@ -266,7 +266,7 @@ def pressure_broadcasts(run: Run, n: int, rounds: int, pool: int) -> dict[str, A
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(run.socket)
     sock.sendall(p.encode(p.Register(agent_id="pressure", name="pressure", launcher_pid=os.getpid(),
-                                     child_pid=os.getpid(), uid=os.geteuid(), argv=[],
+                                     child_pid=os.getpid(), argv=[],
                                      started=time.time())))  # fmt: skip
     _, offset = read_new(run.events)
     latencies = []

@@ -386,7 +386,6 @@ def test_a_dropped_connection_of_a_live_launcher_kills_nothing(procs, sockdir):
                 name="live",
                 launcher_pid=os.getpid(),
                 child_pid=child.pid,
-                uid=os.geteuid(),
                 argv=[],
                 started=time.time(),
                 pids=[[child.pid, start]],
