@@ -525,3 +525,16 @@ def test_a_tree_parked_near_its_limit_is_sampled_slowly_and_still_stopped(
         times = [x["t"] for x in lines if x["type"] == "sample" and x["rss"] >= 0.95 * limit]
         settled = [t for t in times if times[0] + 3 <= t < times[0] + 6]
         assert len(settled) / 3 < 35, len(settled)
+
+
+def test_a_launch_without_a_coordinator_imports_nothing_of_it(tmp_path: Path) -> None:
+    """``--no-coordinator`` has no admission to wait for: the protocol (~9 ms of imports)
+    stays off its path to exec, which is what start-up costs."""
+    r = subprocess.run(
+        [PYTHON, "-X", "importtime", "-m", "pmrun", "--no-coordinator", "--", "true"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if "|" in line}
+    assert "pmrun.launcher" in imported  # the measure works
+    assert not imported & {"pmrun._admit", "pmrun.coordinator.protocol", "pmrun.coordinator.link"}

@@ -163,8 +163,9 @@ def build_settings(parsed: Parsed):
 
 
 def _admission(cfg):
-    """Wait-before-start settings; None with --no-wait."""
-    if not cfg["agent.wait"]:
+    """Wait-before-start settings; None with --no-wait, or with no coordinator to wait for
+    (its protocol then stays off the path to exec)."""
+    if not cfg["agent.wait"] or not cfg["agent.coordinator"]:
         return None
     from .._admit import AdmitSettings
 
