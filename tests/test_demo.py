@@ -49,7 +49,9 @@ def test_quick_demo_evicts_first_then_stops_one_agent_and_leaves_nothing(tmp_pat
     lines = text.splitlines()
 
     def first(prefix: str) -> int:
-        return next(i for i, line in enumerate(lines) if prefix in line)
+        found = [i for i, line in enumerate(lines) if prefix in line]
+        assert found, f"no {prefix!r} in the demo's output:\n{text}"
+        return found[0]
 
     # The steps, in order, as printed.
     assert first("== 1. start the fleet") < first("== 2.") < first("evict (")

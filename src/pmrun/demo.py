@@ -458,8 +458,6 @@ class Demo:
             time.sleep(0.05)
         coder.proc.wait()
         _wait(lambda: self._deregistered("coder"), 10, "coder's exit in the event log")
-        for e in self.tail.new():
-            self.narrate(e)
 
     def _pool_line(self) -> None:
         doc = self.status()
@@ -475,7 +473,8 @@ class Demo:
         )
 
     def _deregistered(self, name: str) -> bool:
-        self.tail.new()
+        for e in self.tail.new():  # told as they come, like every other event
+            self.narrate(e)
         return any(
             e.get("kind") == "agent.deregister" and e.get("name") == name for e in self.tail.seen
         )
