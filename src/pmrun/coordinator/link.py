@@ -214,8 +214,9 @@ class AgentLink:
         self.stop_reason: str | None = None
         self.refused: str | None = None  # why the coordinator refused this agent, once it did
         self._acked = False  # the coordinator answered ok to the current connection's register
-        self._stopped_cleanly = False  # told so before it went: no respawn until one serves
-        self._respawn_now = False  # told that it exited idle: start one without waiting
+        # The ``hold`` of the shutdown the last coordinator sent as it exited, until one
+        # serves again: True (a stop) starts none, False (an idle exit) starts one at once.
+        self._exit_hold: bool | None = None
 
     def __repr__(self) -> str:
         state = "connected" if self._sent_rss is not None else "not connected"
@@ -305,15 +306,15 @@ class AgentLink:
         to count the next attempt from."""
         now = time.monotonic()
         after = self.respawn_after_s
-        if self._respawn_now and after is not None:
+        if self._exit_hold is False and after is not None:
             after = 0.0  # until one is started (the exiting one may still hold the lock)
-        if after is None or self._stopped_cleanly or now - unreachable_since < after:
+        if after is None or self._exit_hold or now - unreachable_since < after:
             return unreachable_since
         if error.errno not in (errno.ENOENT, errno.ECONNREFUSED):
             return unreachable_since  # something else is wrong: starting one would not help
         try:
             if start_unless_locked(self.socket_path):
-                self._respawn_now = False
+                self._exit_hold = None
                 log.debug("no coordinator on %s for %.1f s: started one", self.socket_path, after)
         except (OSError, PmrunError) as e:
             log.debug("cannot start a coordinator on %s: %s", self.socket_path, e)
@@ -497,12 +498,9 @@ class AgentLink:
                 log.exception("on_stop failed")
         elif isinstance(msg, p.Ok) and msg.of == "register":
             self._acked = True
-            self._stopped_cleanly = self._respawn_now = False  # one serves again
+            self._exit_hold = None  # one serves again
         elif isinstance(msg, p.Shutdown):
-            if msg.hold:
-                self._stopped_cleanly = True
-            else:  # an idle exit raced our registration: a coordinator is wanted at once
-                self._respawn_now = True
+            self._exit_hold = msg.hold
         elif isinstance(msg, p.Pause):
             self._pause_order(True, {"reason": msg.reason, **msg.detail})
         elif isinstance(msg, p.Resume):
