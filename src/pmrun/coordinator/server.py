@@ -262,10 +262,10 @@ class Coordinator:
         finally:
             for srv in servers:
                 srv.close()
+            for agent in self.pool.agents.values():  # whether its launcher may start another
+                agent.send(p.Shutdown(hold=self._stop_holds))
             for c in list(self.conns.values()):
                 if c.transport is not None:
-                    if c.agent is not None:  # whether its launcher may start another
-                        c.send(p.Shutdown(hold=self._stop_holds))
                     c.transport.close()
             monitor.cancel()
             psi_watch.close()
